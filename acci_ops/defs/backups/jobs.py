@@ -1,0 +1,45 @@
+"""Jobs and schedules that run the backups unattended."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from acci_ops.settings import Settings
+
+
+def build_nightly_backup_job(settings: Settings, asset_keys: list[dg.AssetKey], max_runtime: int):  # noqa: ANN201
+    return dg.define_asset_job(
+        name="nightly_backup",
+        selection=dg.AssetSelection.assets(*asset_keys),
+        description=(
+            "Backs up every environment's ACCI database to object storage and copies it offsite where "
+            "configured. One backup per environment at a time (pools); stopped after the maximum runtime."
+        ),
+        tags={"dagster/max_runtime": str(max_runtime), "acci/operation": "backup"},
+    )
+
+
+def build_nightly_backup_schedule(job, settings: Settings) -> dg.ScheduleDefinition:  # noqa: ANN001
+    return dg.build_schedule_from_partitioned_job(
+        job,
+        name="nightly_backup_schedule",
+        description=(
+            f"Every night at 02:00 {settings.timezone}, back up the day that just ended. On by default so a "
+            "fresh deployment is protected. In zones with daylight saving, the night the clocks skip 02:00 "
+            "runs at the first valid time after it (UTC, the default, has no such hole)."
+        ),
+        hour_of_day=2,
+        minute_of_hour=0,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+
+
+def build_retention_schedule(job, settings: Settings) -> dg.ScheduleDefinition:  # noqa: ANN001
+    return dg.ScheduleDefinition(
+        name="backup_retention_schedule",
+        job=job,
+        cron_schedule="0 4 * * *",
+        execution_timezone=settings.timezone,
+        description="Every day at 04:00, after the nightly backup, apply the retention policy.",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )

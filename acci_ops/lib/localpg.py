@@ -1,0 +1,161 @@
+"""A throwaway local PostgreSQL cluster: the embedded default for ``dagster dev`` and the tests.
+
+Uses the machine's PostgreSQL server binaries (Debian ``postgresql-15``). ``initdb`` and
+``pg_ctl`` refuse to run as root, so as root they run as the ``postgres`` system user via
+``runuser``; clients connect over TCP on 127.0.0.1.
+
+    python -m acci_ops.lib.localpg start DIR PORT [--sample-data]
+    python -m acci_ops.lib.localpg stop DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+INSTALL_HINT = "install the PostgreSQL server: apt-get install -y postgresql-15 (or run ./run test, which does)"
+
+
+def server_bin_dir() -> str:
+    """The newest installed server's bin directory (``ACCI_PG_SERVER_BIN`` overrides)."""
+    explicit = os.environ.get("ACCI_PG_SERVER_BIN")
+    if explicit:
+        return explicit
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[-3]))
+    if candidates:
+        return os.path.dirname(candidates[-1])
+    found = shutil.which("initdb")
+    if found:
+        return os.path.dirname(found)
+    raise RuntimeError(f"no PostgreSQL server binaries (initdb) found; {INSTALL_HINT}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _as_owner(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def _let_postgres_traverse(path: Path) -> None:
+    """Add the search bit (o+x, never read) to ancestors so the postgres user can reach its
+    data directory under a root-only temp dir (mkdtemp and pytest make them 0700)."""
+    for directory in [path, *path.parents]:
+        mode = directory.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(directory, mode | 0o001)
+
+
+@dataclass
+class LocalPostgres:
+    """A cluster in ``data_dir`` listening on 127.0.0.1:``port``, superuser ``postgres``, trust auth."""
+
+    base_dir: Path
+    port: int
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.base_dir / "sock"
+
+    def url(self, dbname: str = "postgres", user: str = "postgres", password: str | None = None) -> str:
+        auth = f"{user}:{password}@" if password else f"{user}@"
+        return f"postgresql://{auth}127.0.0.1:{self.port}/{dbname}"
+
+    def start(self) -> LocalPostgres:
+        bindir = server_bin_dir()
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            _let_postgres_traverse(self.base_dir.parent)
+            shutil.chown(self.base_dir, "postgres")
+            shutil.chown(self.socket_dir, "postgres")
+        if not (self.data_dir / "PG_VERSION").exists():
+            subprocess.run(_as_owner([f"{bindir}/initdb", "-D", str(self.data_dir), "-U", "postgres",
+                                      "--auth=trust", "-E", "UTF8", "--no-sync"]),
+                           check=True, stdout=subprocess.DEVNULL)
+            # The tests need password auth to be real; trust locally over the socket only.
+            hba = self.data_dir / "pg_hba.conf"
+            hba.write_text("local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
+                           "host all all 127.0.0.1/32 scram-sha-256\n")
+        options = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
+        subprocess.run(_as_owner([f"{bindir}/pg_ctl", "-D", str(self.data_dir), "-o", options,
+                                  "-l", str(self.base_dir / "server.log"), "-w", "-t", "60", "start"]),
+                       check=True, stdout=subprocess.DEVNULL)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        bindir = server_bin_dir()
+        subprocess.run(_as_owner([f"{bindir}/pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop"]),
+                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def psql(self, sql: str, dbname: str = "postgres") -> str:
+        out = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1", "-p",
+                              str(self.port), "-U", "postgres", "-d", dbname, "-c", sql],
+                             check=True, capture_output=True, text=True)
+        return out.stdout.strip()
+
+
+SAMPLE_SQL = """
+CREATE TABLE IF NOT EXISTS tenants (id serial PRIMARY KEY, name text NOT NULL UNIQUE, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS users (id bigserial PRIMARY KEY, tenant_id int NOT NULL REFERENCES tenants(id), email text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS sessions (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), user_id bigint NOT NULL REFERENCES users(id), data jsonb NOT NULL, expires_at timestamptz NOT NULL);
+CREATE INDEX IF NOT EXISTS users_tenant_idx ON users (tenant_id);
+CREATE OR REPLACE VIEW active_sessions AS SELECT * FROM sessions WHERE expires_at > now();
+CREATE OR REPLACE FUNCTION tenant_user_count(t int) RETURNS bigint LANGUAGE sql STABLE AS 'SELECT count(*) FROM users WHERE tenant_id = t';
+INSERT INTO tenants (name) SELECT 'tenant-' || g FROM generate_series(1, {tenants}) g ON CONFLICT DO NOTHING;
+INSERT INTO users (tenant_id, email) SELECT 1 + (g % {tenants}), 'user' || g || '@example.test' FROM generate_series(1, {users}) g;
+INSERT INTO sessions (user_id, data, expires_at) SELECT 1 + (g % {users}), jsonb_build_object('n', g, 'pad', md5(g::text)), now() + (g % 48 - 24) * interval '1 hour' FROM generate_series(1, {sessions}) g;
+"""
+
+
+def load_sample_data(pg: LocalPostgres, dbname: str, *, tenants: int = 20, users: int = 2000,
+                     sessions: int = 5000) -> None:
+    """A small ACCI-like schema (tenants, users, sessions, a view, a function) with rows."""
+    if pg.psql(f"SELECT 1 FROM pg_database WHERE datname = '{dbname}'") != "1":
+        pg.psql(f'CREATE DATABASE "{dbname}"')
+    if pg.psql("SELECT to_regclass('public.users') IS NOT NULL", dbname) == "t":
+        return
+    pg.psql(SAMPLE_SQL.format(tenants=tenants, users=users, sessions=sessions), dbname)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start")
+    start.add_argument("dir")
+    start.add_argument("port", type=int)
+    start.add_argument("--sample-data", metavar="DBNAME")
+    stop = sub.add_parser("stop")
+    stop.add_argument("dir")
+    args = parser.parse_args(argv)
+    if args.command == "start":
+        pg = LocalPostgres(Path(args.dir).resolve(), args.port)
+        status = subprocess.run(_as_owner([f"{server_bin_dir()}/pg_ctl", "-D", str(pg.data_dir), "status"]),
+                                capture_output=True) if pg.data_dir.exists() else None
+        if status is None or status.returncode != 0:
+            pg.start()
+        if args.sample_data:
+            load_sample_data(pg, args.sample_data)
+        print(pg.url(args.sample_data or "postgres"))
+    else:
+        LocalPostgres(Path(args.dir).resolve(), 0).stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The streaming backup pipeline: pg_dump -> zstd -> sha256 -> object store, no temp file.
+
+Shape borrowed from WAL-G (Disk -> Compress -> Network as one stream): pg_dump writes a custom
+archive with its own compression off, python-zstandard compresses it on several threads, the
+bytes are hashed as they pass, and the store uploads fixed-size parts. Memory is bounded by the
+part buffer, whatever the database size. Row counts and the dump come from one exported
+snapshot, so the manifest describes exactly what is in the archive.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+import psycopg
+import zstandard
+
+from acci_ops.lib import catalog
+from acci_ops.lib.commands import child_env, find_tool, pump_lines, run_command
+from acci_ops.lib.dburl import DatabaseTarget
+from acci_ops.lib.errors import AcciOpsError, BackupError, ConfigError
+from acci_ops.lib.layout import dump_key, manifest_key_for
+from acci_ops.lib.manifest import BackupManifest
+from acci_ops.lib.objectstore import HashingReader, ObjectStore
+
+Log = Callable[[str], None]
+PG_DUMP_HINT = "install postgresql-client-15 (or newer) or set ACCI_PG_BIN to the directory holding pg_dump"
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    zstd_level: int = 3
+    zstd_threads: int = 2
+    max_runtime_seconds: float = 4 * 3600
+    connect_timeout: int = 10
+    pg_bin_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    manifest: BackupManifest
+    uri: str
+    manifest_uri: str
+    duration_seconds: float
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.manifest.dump_bytes / self.manifest.stored_bytes if self.manifest.stored_bytes else 0.0
+
+    @property
+    def throughput_mb_s(self) -> float:
+        return self.manifest.dump_bytes / 1e6 / self.duration_seconds if self.duration_seconds else 0.0
+
+
+def pg_dump_version(pg_dump: str) -> tuple[str, int]:
+    """``pg_dump --version`` as (text, major): 'pg_dump (PostgreSQL) 15.18 (Debian...)' -> ('15.18', 15)."""
+    result = run_command([pg_dump, "--version"], timeout=30)
+    match = re.search(r"\)\s*(\d+)(?:\.(\d+))?", result.last_line)
+    if not match:
+        raise ConfigError(f"cannot read the version of {pg_dump}: {result.last_line!r}")
+    text = match.group(1) + (f".{match.group(2)}" if match.group(2) else "")
+    return text, int(match.group(1))
+
+
+def connect(target: DatabaseTarget, *, connect_timeout: int = 10, purpose: str = "back up") -> psycopg.Connection:
+    """Connect with a one-line, password-free explanation when it fails."""
+    try:
+        return psycopg.connect(**target.connect_kwargs(connect_timeout), application_name="acci_ops")
+    except psycopg.OperationalError as exc:
+        raise BackupError(f"cannot connect to PostgreSQL {target.describe()} to {purpose}: {explain_pg_error(exc)}") from None
+
+
+def explain_pg_error(exc: BaseException) -> str:
+    """libpq's first meaningful line, with the 'connection to server at ... failed:' preamble removed."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    text = re.sub(r'^connection to server at "[^"]*" \([^)]*\), port \d+ failed:\s*', "", text)
+    text = re.sub(r"^FATAL:\s*", "", text)
+    return text
+
+
+class _DumpStream:
+    """pg_dump's stdout as a readable; at EOF it waits for pg_dump and raises if it failed.
+
+    Raising from ``read`` at EOF is what makes the upload atomic: the store never sees a clean
+    end of stream for a dump that did not finish, so it aborts instead of completing the object.
+    """
+
+    def __init__(self, proc: subprocess.Popen, stderr_tail: deque, stderr_pump: threading.Thread,
+                 killed_for_timeout: threading.Event, max_runtime: float) -> None:
+        self._proc = proc
+        self._tail = stderr_tail
+        self._pump = stderr_pump
+        self._timeout = killed_for_timeout
+        self._max_runtime = max_runtime
+        self.bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._proc.stdout.read(size if size and size > 0 else 1 << 20)
+        if data:
+            self.bytes += len(data)
+            return data
+        rc = self._proc.wait()
+        self._pump.join(10)
+        if self._timeout.is_set():
+            raise BackupError(f"pg_dump exceeded the maximum runtime of {self._max_runtime:.0f} s and was stopped")
+        if rc != 0:
+            why = f"exit code {rc}" if rc > 0 else f"killed by signal {signal.Signals(-rc).name}"
+            last = self._tail[-1] if self._tail else "no error output"
+            raise BackupError(f"pg_dump failed ({why}): {last.removeprefix('pg_dump: ').removeprefix('error: ')}")
+        return b""
+
+    def readable(self) -> bool:
+        return True
+
+
+def run_backup(*, environment: str, target: DatabaseTarget, store: ObjectStore, partition: date,
+               settings: BackupSettings | None = None, log: Log = print) -> BackupResult:
+    """Dump one database into ``store`` atomically and return what was written.
+
+    Order matters for the guarantees: the store and the server are checked before pg_dump runs,
+    the dump object is complete before the manifest is written, and the manifest is last.
+    """
+    settings = settings or BackupSettings()
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+
+    pg_dump = find_tool("pg_dump", settings.pg_bin_dir, hint=PG_DUMP_HINT)
+    dump_version, dump_major = pg_dump_version(pg_dump)
+    store.check_writable()
+
+    conn = connect(target, connect_timeout=settings.connect_timeout)
+    try:
+        server_num = conn.info.server_version
+        server_major = server_num // 10000
+        server_version = conn.execute("SHOW server_version").fetchone()[0].split()[0]
+        if dump_major < server_major:
+            raise ConfigError(
+                f"pg_dump {dump_version} is older than the PostgreSQL {server_version} server of "
+                f"{target.describe()}; install pg_dump {server_major} or newer (or set ACCI_PG_BIN)"
+            )
+        log(f"server PostgreSQL {server_version}, pg_dump {dump_version}; store {store.url}")
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snapshot_id, snapshot_at = conn.execute("SELECT pg_export_snapshot(), now()").fetchone()
+        objects = catalog.list_objects(conn)
+        tables = catalog.countable_tables(conn)
+        key = dump_key(environment, partition, target.dbname, started)
+        result = _stream_dump(pg_dump, target, store, key, snapshot_id, conn, tables, settings, log)
+        dump_bytes, stored_bytes, sha256, row_counts = result
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+    finished = datetime.now(timezone.utc)
+    manifest = BackupManifest(
+        environment=environment, database=target.dbname, partition=partition.isoformat(), object_key=key,
+        started_at=started.isoformat(), finished_at=finished.isoformat(),
+        snapshot_at=snapshot_at.astimezone(timezone.utc).isoformat(), server_version=server_version,
+        pg_dump_version=dump_version, dump_bytes=dump_bytes, stored_bytes=stored_bytes, sha256=sha256,
+        row_counts=row_counts, objects=objects,
+    )
+    try:
+        store.put_bytes(manifest_key_for(key), manifest.to_json())
+    except BaseException:
+        # Without its manifest the dump is not a backup: remove it so nothing half-written remains.
+        store.delete(key)
+        raise
+    duration = time.monotonic() - t0
+    log(f"backup complete: {store.uri_for(key)} ({stored_bytes} bytes stored, {duration:.1f} s)")
+    return BackupResult(manifest, store.uri_for(key), store.uri_for(manifest_key_for(key)), duration)
+
+
+def _stream_dump(pg_dump: str, target: DatabaseTarget, store: ObjectStore, key: str, snapshot_id: str,
+                 conn: psycopg.Connection, tables: list[tuple[str, str]], settings: BackupSettings,
+                 log: Log) -> tuple[int, int, str, dict[str, int]]:
+    argv = [pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot_id}", "--no-password"]
+    log("running " + " ".join(argv[1:]) + f" on {target.describe()}")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=child_env(target.libpq_env()), bufsize=0)
+    tail: deque[str] = deque(maxlen=20)
+    pump = pump_lines(proc.stderr, lambda line: log(f"pg_dump: {line}"), tail)
+    timed_out = threading.Event()
+
+    def stop_for_timeout() -> None:
+        timed_out.set()
+        proc.kill()
+
+    watchdog = threading.Timer(settings.max_runtime_seconds, stop_for_timeout)
+    watchdog.daemon = True
+    watchdog.start()
+
+    # Count rows in the exporting transaction while pg_dump streams: same snapshot, other core.
+    counts: dict[str, int] = {}
+    count_error: list[BaseException] = []
+
+    def count_rows() -> None:
+        try:
+            counts.update(catalog.exact_row_counts(conn, tables))
+        except BaseException as exc:  # noqa: BLE001 - reported after the stream
+            count_error.append(exc)
+
+    counter = threading.Thread(target=count_rows, daemon=True)
+    counter.start()
+
+    source = _DumpStream(proc, tail, pump, timed_out, settings.max_runtime_seconds)
+    compressor = zstandard.ZstdCompressor(level=settings.zstd_level, threads=settings.zstd_threads)
+    hashed = HashingReader(compressor.stream_reader(source, read_size=1 << 20))
+    try:
+        store.upload_stream(key, hashed)
+    except BaseException as exc:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        counter.join()
+        if isinstance(exc, AcciOpsError):
+            raise
+        raise BackupError(f"upload of {store.uri_for(key)} failed: {exc}") from exc
+    finally:
+        watchdog.cancel()
+    counter.join()
+    if count_error:
+        store.delete(key)
+        raise BackupError(f"counting rows in the backup snapshot failed: {explain_pg_error(count_error[0])}")
+    return source.bytes, hashed.bytes, hashed.sha256.hexdigest(), counts

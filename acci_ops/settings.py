@@ -1,0 +1,188 @@
+"""Which environments this code location serves, from environment variables or a YAML file.
+
+Only names and locations live here; secrets (database URLs with passwords, storage keys) are
+referred to by the *name* of the environment variable that holds them and are resolved by
+Dagster's ``EnvVar`` at run time, so they never enter the definitions, the UI or run config.
+
+Single environment (the default): ``ACCI_ENVIRONMENT`` (default ``production``) with
+``ACCI_DATABASE_URL`` and ``ACCI_BACKUP_URL``. Several: ``ACCI_ENVIRONMENTS_FILE`` names a YAML
+file, see README "Several environments".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from acci_ops.lib.errors import ConfigError
+from acci_ops.lib.retention import RetentionPolicy
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class OffsiteSpec:
+    url: str
+    endpoint_url: str | None = None
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+    sse: str = "none"
+    kms_key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    name: str
+    database_url_env: str
+    backup_url: str | None
+    backup_url_env: str | None = None
+    sse: str = "none"
+    kms_key_id: str | None = None
+    offsite: OffsiteSpec | None = None
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+
+
+@dataclass(frozen=True)
+class Settings:
+    environments: tuple[EnvironmentSpec, ...]
+    timezone: str = "UTC"
+    start_date: date = date(2026, 1, 1)
+    from_file: str | None = None
+
+    @property
+    def several(self) -> bool:
+        return self.from_file is not None and len(self.environments) > 1
+
+    def environment(self, name: str) -> EnvironmentSpec:
+        for spec in self.environments:
+            if spec.name == name:
+                return spec
+        known = ", ".join(s.name for s in self.environments)
+        raise ConfigError(f"unknown environment {name!r}; declared: {known}")
+
+
+def _check_name(name: object, where: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"environment name {name!r} in {where} must be lowercase letters, digits and _ "
+                          "starting with a letter (it becomes part of asset keys)")
+    return name
+
+
+def _check_timezone(tz: str) -> str:
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"ACCI_TIMEZONE {tz!r} is not a known IANA time zone (e.g. UTC, Europe/Madrid)") from None
+    return tz
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} must be a whole number") from None
+
+
+def _retention(raw: object, where: str) -> RetentionPolicy:
+    if raw is None:
+        return RetentionPolicy()
+    if not isinstance(raw, dict) or set(raw) - {"daily", "weekly", "monthly"}:
+        raise ConfigError(f"retention in {where} must be a mapping with daily/weekly/monthly counts")
+    return RetentionPolicy(**raw)
+
+
+def _offsite(raw: object, where: str) -> OffsiteSpec | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return OffsiteSpec(url=raw)
+    allowed = {"url", "endpoint_url", "access_key_id_env", "secret_access_key_env", "sse", "kms_key_id"}
+    if not isinstance(raw, dict) or "url" not in raw or set(raw) - allowed:
+        raise ConfigError(f"offsite in {where} must be a URL or a mapping with url and optional "
+                          f"{', '.join(sorted(allowed - {'url'}))}")
+    return OffsiteSpec(**raw)
+
+
+def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentSpec], str | None]:
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"ACCI_ENVIRONMENTS_FILE {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"ACCI_ENVIRONMENTS_FILE {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("environments"), dict) or not doc["environments"]:
+        raise ConfigError(f"ACCI_ENVIRONMENTS_FILE {path} must have a non-empty 'environments:' mapping")
+    specs = []
+    for name, body in doc["environments"].items():
+        where = f"{path} environment {name!r}"
+        _check_name(name, path)
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where} must be a mapping")
+        allowed = {"database_url_env", "backup_url", "sse", "kms_key_id", "offsite", "retention"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        for required in ("database_url_env", "backup_url"):
+            if not body.get(required):
+                raise ConfigError(f"{where} lacks {required}")
+        if not _ENV_VAR.match(str(body["database_url_env"])):
+            raise ConfigError(f"{where}: database_url_env must be the NAME of an environment variable "
+                              "holding the URL, not the URL itself")
+        specs.append(EnvironmentSpec(
+            name=name, database_url_env=body["database_url_env"], backup_url=body["backup_url"],
+            sse=body.get("sse") or "none", kms_key_id=body.get("kms_key_id"),
+            offsite=_offsite(body.get("offsite"), where), retention=_retention(body.get("retention"), where),
+        ))
+    tz = doc.get("timezone")
+    return specs, str(tz) if tz else None
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the deployment's shape; a malformed file or unknown name fails with one clear line."""
+    environ = os.environ if environ is None else environ
+    path = environ.get("ACCI_ENVIRONMENTS_FILE", "").strip()
+    start_raw = environ.get("ACCI_BACKUP_START_DATE", "2026-01-01").strip()
+    try:
+        start = date.fromisoformat(start_raw)
+    except ValueError:
+        raise ConfigError(f"ACCI_BACKUP_START_DATE {start_raw!r} must be a date like 2026-01-01") from None
+    if path:
+        specs, file_tz = _from_file(path, environ)
+        tz = _check_timezone(environ.get("ACCI_TIMEZONE") or file_tz or "UTC")
+        chosen = environ.get("ACCI_ENVIRONMENT", "").strip()
+        settings = Settings(tuple(specs), tz, start, path)
+        if chosen:
+            # One code location per environment: serve only the named one.
+            settings = Settings((settings.environment(chosen),), tz, start, path)
+        return settings
+    name = _check_name(environ.get("ACCI_ENVIRONMENT", "").strip() or "production", "ACCI_ENVIRONMENT")
+    offsite_url = environ.get("ACCI_OFFSITE_URL", "").strip()
+    offsite = OffsiteSpec(
+        url=offsite_url,
+        endpoint_url=environ.get("ACCI_OFFSITE_ENDPOINT_URL") or None,
+        access_key_id_env="ACCI_OFFSITE_AWS_ACCESS_KEY_ID" if environ.get("ACCI_OFFSITE_AWS_ACCESS_KEY_ID") else None,
+        secret_access_key_env="ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY" if environ.get("ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY") else None,
+        sse=environ.get("ACCI_OFFSITE_SSE") or "none",
+        kms_key_id=environ.get("ACCI_OFFSITE_KMS_KEY_ID") or None,
+    ) if offsite_url else None
+    spec = EnvironmentSpec(
+        name=name, database_url_env="ACCI_DATABASE_URL", backup_url=None, backup_url_env="ACCI_BACKUP_URL",
+        sse=environ.get("ACCI_BACKUP_SSE") or "none", kms_key_id=environ.get("ACCI_BACKUP_KMS_KEY_ID") or None,
+        offsite=offsite,
+        retention=RetentionPolicy(_int(environ, "ACCI_RETENTION_DAILY", 7), _int(environ, "ACCI_RETENTION_WEEKLY", 4),
+                                  _int(environ, "ACCI_RETENTION_MONTHLY", 12)),
+    )
+    return Settings((spec,), _check_timezone(environ.get("ACCI_TIMEZONE", "").strip() or "UTC"), start)
