@@ -9,7 +9,16 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from acci_ops_tests.servers import DB_PASSWORD, PgServer, S3Server, start_moto, start_postgres
+from acci_ops_tests.servers import (
+    DB_PASSWORD,
+    DeniedS3,
+    PgServer,
+    S3Server,
+    load_big_table,
+    start_denying_moto,
+    start_moto,
+    start_postgres,
+)
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +34,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> S3Server:
     server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def big_db_url(pg_server: PgServer) -> str:
+    return load_big_table(pg_server)
+
+
+@pytest.fixture(scope="session")
+def denied_s3(tmp_path_factory: pytest.TempPathFactory) -> DeniedS3:
+    server = start_denying_moto(tmp_path_factory.mktemp("moto-iam") / "moto.log")
+    yield server
+    server.server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -82,3 +82,64 @@ def start_moto(log_path: Path) -> S3Server:
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"moto_server did not answer on {endpoint} within 30 s; see {log_path}")
+
+
+def load_big_table(server: PgServer, dbname: str = "acci_big", megabytes: int = 32) -> str:
+    """A database whose dump is larger than several multipart parts and barely compresses, so a
+    kill mid-stream really happens after parts have been uploaded."""
+    pg = server.pg
+    pg.psql(f"CREATE DATABASE {dbname}")
+    rows = megabytes * 1024 * 1024 // 64
+    pg.psql(
+        "CREATE TABLE noise AS SELECT g AS id, decode(md5(random()::text) || md5(random()::text) || "
+        "md5(random()::text) || md5(random()::text), 'hex') AS payload "
+        f"FROM generate_series(1, {rows}) g",
+        dbname,
+    )
+    return server.url(dbname)
+
+
+@dataclass
+class DeniedS3:
+    """A second moto server that enforces IAM, with a bucket a read-only user may not write."""
+
+    endpoint: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    server: S3Server
+
+
+def start_denying_moto(log_path: Path) -> DeniedS3:
+    import json
+
+    import boto3
+
+    port = free_port()
+    moto = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="4")  # the set-up calls below, then IAM applies
+    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            import socket
+
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"denying moto_server did not start; see {log_path}") from None
+            time.sleep(0.2)
+    admin = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="AKIAADMINEXAMPLE0000",
+                 aws_secret_access_key="admin")
+    boto3.client("s3", **admin).create_bucket(Bucket="acci-denied")
+    iam = boto3.client("iam", **admin)
+    iam.create_user(UserName="reader")
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    policy = {"Version": "2012-10-17",
+              "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"], "Resource": "*"}]}
+    iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))
+    return DeniedS3(endpoint, "acci-denied", key["AccessKeyId"], key["SecretAccessKey"], S3Server(endpoint, proc))

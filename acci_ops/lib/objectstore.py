@@ -291,7 +291,17 @@ class S3Store:
 
         try:
             self._client.head_bucket(Bucket=self.bucket)
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 403:
+                # HeadBucket needs s3:ListBucket, which a least-privilege writer may lack: let the
+                # upload itself decide (it aborts cleanly and names the denial).
+                return
+            if status == 404:
+                raise BackupError(f"bucket {self.bucket} does not exist (s3://{self.bucket}/{self.prefix}); "
+                                  "create it or fix the backup URL") from None
+            raise self._fail(exc, "open the bucket") from None
+        except BotoCoreError as exc:
             raise self._fail(exc, "open the bucket") from None
 
     def upload_stream(self, key: str, stream: BinaryIO, content_type: str = "application/octet-stream") -> None:

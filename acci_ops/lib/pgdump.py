@@ -154,8 +154,11 @@ def run_backup(*, environment: str, target: DatabaseTarget, store: ObjectStore, 
         key = dump_key(environment, partition, target.dbname, started)
         result = _stream_dump(pg_dump, target, store, key, snapshot_id, conn, tables, settings, log)
         dump_bytes, stored_bytes, sha256, row_counts = result
-        conn.execute("COMMIT")
+    except psycopg.Error as exc:
+        raise BackupError(f"PostgreSQL {target.describe()} failed during the backup: {explain_pg_error(exc)}") from None
     finally:
+        # The read-only snapshot transaction has nothing to commit; closing ends it. A server that
+        # went away after pg_dump finished does not make a complete, counted dump any less valid.
         conn.close()
 
     finished = datetime.now(timezone.utc)
