@@ -79,11 +79,14 @@ def connect(target: DatabaseTarget, *, connect_timeout: int = 10, purpose: str =
 
 def explain_pg_error(exc: BaseException) -> str:
     """libpq's first meaningful line, with the 'connection to server at ... failed:' preamble removed."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[-1] if lines else type(exc).__name__
-    text = re.sub(r'^connection to server at "[^"]*" \([^)]*\), port \d+ failed:\s*', "", text)
-    text = re.sub(r"^FATAL:\s*", "", text)
-    return text
+    lines = []
+    for line in str(exc).splitlines():
+        line = re.sub(r"^connection failed:\s*", "", line.strip())
+        line = re.sub(r'^connection to server (at|on) "[^"]*"( \([^)]*\))?, port \d+ failed:\s*', "", line.strip())
+        line = re.sub(r"^(FATAL|ERROR):\s*", "", line)
+        if line and line not in lines:
+            lines.append(line)
+    return "; ".join(lines) or type(exc).__name__
 
 
 class _DumpStream:

@@ -1,0 +1,101 @@
+"""The code location's shape: names, descriptions, schedules, sensors, instance config."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+from acci_ops.definitions import build_definitions
+from acci_ops.settings import load_settings
+from acci_ops_tests.defs.conftest import defs_from_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_loads_without_any_configuration():
+    """A fresh checkout must load in the UI; missing secrets fail runs, not the code location."""
+    defs = build_definitions(load_settings({}))
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_all_asset_keys() == [dg.AssetKey("db_backup")]
+
+
+def test_module_entry_point_loads():
+    from acci_ops import definitions
+
+    dg.Definitions.validate_loadable(definitions.defs)
+
+
+def test_names_and_descriptions():
+    defs = defs_from_env()
+    repo = defs.get_repository_def()
+    assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} >= {"nightly_backup", "backup_retention"}
+    for job in repo.get_all_jobs():
+        if not job.name.startswith("__"):
+            assert job.description, job.name
+    for schedule in repo.schedule_defs:
+        assert schedule.description, schedule.name
+    for sensor in repo.sensor_defs:
+        assert sensor.description, sensor.name
+    for key in defs.resolve_all_asset_keys():
+        assert defs.resolve_assets_def(key).descriptions_by_key[key], key
+
+
+def test_nightly_schedule_runs_at_two_in_the_configured_zone(monkeypatch):
+    monkeypatch.setenv("ACCI_TIMEZONE", "Europe/Madrid")
+    defs = defs_from_env()
+    schedule = defs.resolve_schedule_def("nightly_backup_schedule")
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.execution_timezone == "Europe/Madrid"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.job_name == "nightly_backup"
+    sensor = defs.resolve_sensor_def("run_failure_alert_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_schedule_tick_backs_up_the_day_that_ended(instance):
+    defs = defs_from_env()
+    schedule = defs.resolve_schedule_def("nightly_backup_schedule")
+    tick = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
+    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+    result = schedule.evaluate_tick(context)
+    assert [r.partition_key for r in result.run_requests] == ["2026-11-26"]
+
+
+def test_backup_asset_is_late_after_26_hours():
+    defs = defs_from_env()
+    spec = defs.resolve_assets_def("db_backup").specs_by_key[dg.AssetKey("db_backup")]
+    policy = spec.freshness_policy
+    assert policy is not None and policy.fail_window.to_timedelta().total_seconds() == 26 * 3600
+
+
+def test_several_environments_get_prefixed_keys(tmp_path, monkeypatch):
+    path = tmp_path / "envs.yaml"
+    path.write_text(
+        "environments:\n"
+        "  staging: {database_url_env: STAGING_DB_URL, backup_url: 's3://stage/db'}\n"
+        "  production: {database_url_env: PROD_DB_URL, backup_url: 's3://prod/db', offsite: 's3://off/db'}\n"
+    )
+    monkeypatch.setenv("ACCI_ENVIRONMENTS_FILE", str(path))
+    defs = defs_from_env()
+    dg.Definitions.validate_loadable(defs)
+    assert sorted(k.to_user_string() for k in defs.resolve_all_asset_keys()) == [
+        "production/db_backup", "production/db_backup_offsite", "staging/db_backup"]
+    job = defs.resolve_job_def("nightly_backup")
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
+        "production/db_backup", "production/db_backup_offsite", "staging/db_backup"}
+
+
+def test_dagster_yaml_configures_the_local_instance(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.run_monitoring_enabled
+        assert instance.run_retries_enabled
+        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        assert str(home) in instance.run_storage._conn_string  # noqa: SLF001
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1

@@ -1,0 +1,88 @@
+"""The GFS planner on calendars with gaps, and what it refuses to touch."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from acci_ops.lib.errors import ConfigError
+from acci_ops.lib.layout import dump_key, parse_dump_key
+from acci_ops.lib.retention import RetentionPolicy, complete_backups, plan_retention
+
+
+def backups_on(days: list[date], env: str = "production", per_day: int = 1):
+    keys = []
+    for day in days:
+        for i in range(per_day):
+            taken = datetime(day.year, day.month, day.day, 2, i, tzinfo=timezone.utc) + timedelta(days=1)
+            keys.append(parse_dump_key(dump_key(env, day, "acci", taken)))
+    return keys
+
+
+def days_kept(plan, backups) -> list[str]:
+    by_key = {b.key: b for b in backups}
+    return sorted({by_key[k].day.isoformat() for k in plan.keep})
+
+
+def test_daily_tier_counts_days_with_backups_not_calendar_days():
+    # Backups on 10 days with a gap of 5 days in the middle.
+    days = [date(2026, 11, d) for d in (1, 2, 3, 4, 5, 11, 12, 13, 14, 15)]
+    backups = backups_on(days)
+    plan = plan_retention(backups, RetentionPolicy(daily=7, weekly=0, monthly=0))
+    # The 7 newest days *with backups* span the gap: 4, 5, 11..15 (not just 9..15 of the calendar).
+    assert days_kept(plan, backups) == [f"2026-11-{d:02d}" for d in (4, 5, 11, 12, 13, 14, 15)]
+    assert len(plan.delete) == 3
+
+
+def test_weekly_and_monthly_keep_newest_of_each_period():
+    start = date(2026, 1, 1)
+    days = [start + timedelta(days=i) for i in range(0, 120, 3)]  # every third day for four months
+    backups = backups_on(days)
+    plan = plan_retention(backups, RetentionPolicy(daily=2, weekly=3, monthly=4))
+    kept = days_kept(plan, backups)
+    # daily: the two newest; weekly: newest of the 3 newest ISO weeks; monthly: newest of 4 months.
+    newest = max(days)
+    assert newest.isoformat() in kept
+    months = {d[:7] for d in kept}
+    assert months == {"2026-01", "2026-02", "2026-03", "2026-04"}
+    assert all(reasons for reasons in plan.keep.values())
+    assert len(kept) <= 2 + 3 + 4
+    assert "2026-01-31" in kept  # the newest backup of January (every third day from Jan 1)
+
+
+def test_several_backups_a_day_keep_the_newest_of_the_day():
+    backups = backups_on([date(2026, 11, 20), date(2026, 11, 21)], per_day=3)
+    plan = plan_retention(backups, RetentionPolicy(daily=2, weekly=0, monthly=0))
+    assert sorted(plan.keep) == sorted([backups[2].key, backups[5].key])
+    assert len(plan.delete) == 4
+
+
+def test_newest_and_protected_are_never_deleted_even_with_zero_policy():
+    backups = backups_on([date(2026, 11, d) for d in range(1, 6)])
+    plan = plan_retention(backups, RetentionPolicy(0, 0, 0), protect={backups[1].key})
+    assert plan.keep == {backups[-1].key: ["newest"], backups[1].key: ["protected"]}
+    assert sorted(plan.delete) == sorted(b.key for b in backups if b.key not in plan.keep)
+
+
+def test_empty_listing_plans_nothing():
+    plan = plan_retention([], RetentionPolicy())
+    assert plan.keep == {} and plan.delete == []
+
+
+def test_policy_rejects_nonsense():
+    with pytest.raises(ConfigError, match="retention weekly must be a whole number >= 0, got -1"):
+        RetentionPolicy(weekly=-1)
+
+
+def test_only_complete_backups_of_the_environment_are_considered():
+    ours = dump_key("production", date(2026, 11, 1), "acci", datetime(2026, 11, 2, 2, tzinfo=timezone.utc))
+    no_manifest = dump_key("production", date(2026, 11, 2), "acci", datetime(2026, 11, 3, 2, tzinfo=timezone.utc))
+    orphan_manifest = dump_key("production", date(2026, 11, 3), "acci",
+                               datetime(2026, 11, 4, 2, tzinfo=timezone.utc)) + ".manifest.json"
+    staging = dump_key("staging", date(2026, 11, 1), "acci", datetime(2026, 11, 2, 2, tzinfo=timezone.utc))
+    keys = [ours, ours + ".manifest.json", no_manifest, orphan_manifest, staging, staging + ".manifest.json",
+            "production/notes.txt", "production/2026-11-01/hand-made.sql.gz", "db-20261101.sql.gz"]
+    complete, orphans = complete_backups(keys, "production")
+    assert [b.key for b in complete] == [ours]
+    assert orphans == [orphan_manifest]
