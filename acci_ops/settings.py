@@ -94,6 +94,11 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name}={raw!r} must be a whole number") from None
 
 
+def _if_set(environ: Mapping[str, str], name: str) -> str | None:
+    """The variable's name when it is set: the value itself is resolved later, by EnvVar."""
+    return name if environ.get(name) else None
+
+
 def _retention(raw: object, where: str) -> RetentionPolicy:
     if raw is None:
         return RetentionPolicy()
@@ -122,7 +127,8 @@ def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentS
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"ACCI_ENVIRONMENTS_FILE {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"ACCI_ENVIRONMENTS_FILE {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("environments"), dict) or not doc["environments"]:
         raise ConfigError(f"ACCI_ENVIRONMENTS_FILE {path} must have a non-empty 'environments:' mapping")
     specs = []
@@ -173,8 +179,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     offsite = OffsiteSpec(
         url=offsite_url,
         endpoint_url=environ.get("ACCI_OFFSITE_ENDPOINT_URL") or None,
-        access_key_id_env="ACCI_OFFSITE_AWS_ACCESS_KEY_ID" if environ.get("ACCI_OFFSITE_AWS_ACCESS_KEY_ID") else None,
-        secret_access_key_env="ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY" if environ.get("ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY") else None,
+        access_key_id_env=_if_set(environ, "ACCI_OFFSITE_AWS_ACCESS_KEY_ID"),
+        secret_access_key_env=_if_set(environ, "ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY"),
         sse=environ.get("ACCI_OFFSITE_SSE") or "none",
         kms_key_id=environ.get("ACCI_OFFSITE_KMS_KEY_ID") or None,
     ) if offsite_url else None

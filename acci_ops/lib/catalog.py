@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from psycopg import Connection, sql
 
-_USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'"
+_USER_SCHEMAS = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
+    "AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'"
+)
 _NOT_FROM_EXTENSION = (
     "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {catalog}::regclass "
     "AND d.objid = {oid} AND d.deptype = 'e')"

@@ -102,7 +102,8 @@ def run_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, ti
         proc.kill()
         proc.wait()
         pump.join(5)
-        raise AcciOpsError(f"{os.path.basename(argv[0])} did not finish within {timeout:.0f} s and was killed") from None
+        name = os.path.basename(argv[0])
+        raise AcciOpsError(f"{name} did not finish within {timeout:.0f} s and was killed") from None
     pump.join(5)
     result = CommandResult(tuple(argv), proc.returncode, time.monotonic() - started, tuple(tail))
     if check and result.returncode != 0:

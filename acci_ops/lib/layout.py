@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 DUMP_SUFFIX = ".pgdump.zst"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -39,7 +39,7 @@ class BackupKey:
 def dump_key(environment: str, day: date, database: str, taken_at: datetime) -> str:
     """The key a new dump is written under."""
     safe_db = re.sub(r"[^A-Za-z0-9_.-]", "_", database)
-    stamp = taken_at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = taken_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{environment}/{day.isoformat()}/{safe_db}-{stamp}{DUMP_SUFFIX}"
 
 
@@ -55,7 +55,7 @@ def parse_dump_key(key: str) -> BackupKey | None:
         return None
     try:
         day = date.fromisoformat(match["day"])
-        taken = datetime.strptime(match["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        taken = datetime.strptime(match["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     except ValueError:
         return None
     return BackupKey(taken, match["env"], day, match["db"], key)

@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
@@ -197,7 +197,7 @@ class FileStore:
                     keys.append((key, path))
         for key, path in sorted(keys):
             stat = path.stat()
-            yield ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+            yield ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import psycopg
 import zstandard
@@ -74,7 +74,8 @@ def connect(target: DatabaseTarget, *, connect_timeout: int = 10, purpose: str =
     try:
         return psycopg.connect(**target.connect_kwargs(connect_timeout), application_name="acci_ops")
     except psycopg.OperationalError as exc:
-        raise BackupError(f"cannot connect to PostgreSQL {target.describe()} to {purpose}: {explain_pg_error(exc)}") from None
+        why = explain_pg_error(exc)
+        raise BackupError(f"cannot connect to PostgreSQL {target.describe()} to {purpose}: {why}") from None
 
 
 def explain_pg_error(exc: BaseException) -> str:
@@ -132,7 +133,7 @@ def run_backup(*, environment: str, target: DatabaseTarget, store: ObjectStore, 
     the dump object is complete before the manifest is written, and the manifest is last.
     """
     settings = settings or BackupSettings()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.monotonic()
 
     pg_dump = find_tool("pg_dump", settings.pg_bin_dir, hint=PG_DUMP_HINT)
@@ -164,11 +165,11 @@ def run_backup(*, environment: str, target: DatabaseTarget, store: ObjectStore, 
         # went away after pg_dump finished does not make a complete, counted dump any less valid.
         conn.close()
 
-    finished = datetime.now(timezone.utc)
+    finished = datetime.now(UTC)
     manifest = BackupManifest(
         environment=environment, database=target.dbname, partition=partition.isoformat(), object_key=key,
         started_at=started.isoformat(), finished_at=finished.isoformat(),
-        snapshot_at=snapshot_at.astimezone(timezone.utc).isoformat(), server_version=server_version,
+        snapshot_at=snapshot_at.astimezone(UTC).isoformat(), server_version=server_version,
         pg_dump_version=dump_version, dump_bytes=dump_bytes, stored_bytes=stored_bytes, sha256=sha256,
         row_counts=row_counts, objects=objects,
     )

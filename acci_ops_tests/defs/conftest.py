@@ -1,8 +1,8 @@
 from __future__ import annotations
 
+import dagster as dg
 import pytest
 
-import dagster as dg
 from acci_ops.definitions import build_definitions
 from acci_ops.settings import load_settings
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+
 from acci_ops.definitions import build_definitions
 from acci_ops.settings import load_settings
 from acci_ops_tests.defs.conftest import defs_from_env
@@ -30,7 +31,8 @@ def test_module_entry_point_loads():
 def test_names_and_descriptions():
     defs = defs_from_env()
     repo = defs.get_repository_def()
-    assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} >= {"nightly_backup", "backup_retention"}
+    names = {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")}
+    assert names >= {"nightly_backup", "backup_retention"}
     for job in repo.get_all_jobs():
         if not job.name.startswith("__"):
             assert job.description, job.name
@@ -57,7 +59,7 @@ def test_nightly_schedule_runs_at_two_in_the_configured_zone(monkeypatch):
 def test_schedule_tick_backs_up_the_day_that_ended(instance):
     defs = defs_from_env()
     schedule = defs.resolve_schedule_def("nightly_backup_schedule")
-    tick = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
+    tick = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
     context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
     result = schedule.evaluate_tick(context)
     assert [r.partition_key for r in result.run_requests] == ["2026-11-26"]

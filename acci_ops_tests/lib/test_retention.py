@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -15,7 +15,7 @@ def backups_on(days: list[date], env: str = "production", per_day: int = 1):
     keys = []
     for day in days:
         for i in range(per_day):
-            taken = datetime(day.year, day.month, day.day, 2, i, tzinfo=timezone.utc) + timedelta(days=1)
+            taken = datetime(day.year, day.month, day.day, 2, i, tzinfo=UTC) + timedelta(days=1)
             keys.append(parse_dump_key(dump_key(env, day, "acci", taken)))
     return keys
 
@@ -76,11 +76,11 @@ def test_policy_rejects_nonsense():
 
 
 def test_only_complete_backups_of_the_environment_are_considered():
-    ours = dump_key("production", date(2026, 11, 1), "acci", datetime(2026, 11, 2, 2, tzinfo=timezone.utc))
-    no_manifest = dump_key("production", date(2026, 11, 2), "acci", datetime(2026, 11, 3, 2, tzinfo=timezone.utc))
+    ours = dump_key("production", date(2026, 11, 1), "acci", datetime(2026, 11, 2, 2, tzinfo=UTC))
+    no_manifest = dump_key("production", date(2026, 11, 2), "acci", datetime(2026, 11, 3, 2, tzinfo=UTC))
     orphan_manifest = dump_key("production", date(2026, 11, 3), "acci",
-                               datetime(2026, 11, 4, 2, tzinfo=timezone.utc)) + ".manifest.json"
-    staging = dump_key("staging", date(2026, 11, 1), "acci", datetime(2026, 11, 2, 2, tzinfo=timezone.utc))
+                               datetime(2026, 11, 4, 2, tzinfo=UTC)) + ".manifest.json"
+    staging = dump_key("staging", date(2026, 11, 1), "acci", datetime(2026, 11, 2, 2, tzinfo=UTC))
     keys = [ours, ours + ".manifest.json", no_manifest, orphan_manifest, staging, staging + ".manifest.json",
             "production/notes.txt", "production/2026-11-01/hand-made.sql.gz", "db-20261101.sql.gz"]
     complete, orphans = complete_backups(keys, "production")
