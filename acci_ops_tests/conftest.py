@@ -35,6 +35,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> S3Server:
     server.stop()
 
 
+SCRATCH_PASSWORD = "scratch-Pw-77q"
+
+
+@pytest.fixture(scope="session")
+def scratch_url(pg_server: PgServer) -> str:
+    """A role that may create databases but is not a superuser, on its maintenance database."""
+    pg_server.pg.psql(f"CREATE ROLE acci_scratch LOGIN CREATEDB PASSWORD '{SCRATCH_PASSWORD}'")
+    pg_server.pg.psql("CREATE ROLE acci_nocreate LOGIN PASSWORD 'nocreate-pw'")
+    return pg_server.pg.url("postgres", "acci_scratch", SCRATCH_PASSWORD)
+
+
 @pytest.fixture(scope="session")
 def big_db_url(pg_server: PgServer) -> str:
     return load_big_table(pg_server)

@@ -6,6 +6,7 @@ call is timed. Secrets travel in ``env`` only; the argv is safe to log as-is.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -54,6 +55,21 @@ def find_tool(name: str, bin_dir: str | None = None, *, hint: str = "") -> str:
     if not found:
         raise ConfigError(f"{name} not found on PATH{'; ' + hint if hint else ''}")
     return found
+
+
+def find_pg_tool(name: str, bin_dir: str | None = None, *, hint: str = "") -> str:
+    """Like ``find_tool``, but also looks in Debian's /usr/lib/postgresql/<newest>/bin, where
+    tools such as pg_amcheck live without a wrapper on PATH."""
+    try:
+        return find_tool(name, bin_dir, hint=hint)
+    except ConfigError:
+        if bin_dir:
+            raise
+        candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                            key=lambda p: int(p.split("/")[-3]) if p.split("/")[-3].isdigit() else 0)
+        if candidates:
+            return candidates[-1]
+        raise
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

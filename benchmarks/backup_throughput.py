@@ -1,0 +1,307 @@
+"""Backup throughput: the acci_ops nightly backup against plain pg_dump pipelines, on one machine.
+
+Builds a throwaway PostgreSQL cluster with a ~1 GB database (pgbench -s 50 plus 3M rows of random
+md5 text), starts moto's S3 server over HTTP, and times, on the same database and the same server:
+
+  1. floor     pg_dump -Fc -Z0 > /dev/null            (reading the database, nothing else)
+  2. guide     pg_dump | gzip > file, then upload it  (boto3 upload_file)
+  3. custom    pg_dump -Fc > file, then upload it     (what pg_dump-to-S3 containers do)
+  4. acci_ops  the Dagster job nightly_backup, run in a child process (execute_in_process)
+
+Every variant runs under /usr/bin/time -v for its peak RSS. A second pass at ~3x the size shows
+whether time and memory scale. Run it with:
+
+    .venv/bin/python benchmarks/backup_throughput.py [--scale-factor 1.0] [--skip-large] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the project is not installed into the venv; run from a checkout
+
+from acci_ops.lib.localpg import LocalPostgres, free_port, server_bin_dir  # noqa: E402
+from acci_ops_tests.servers import start_moto  # noqa: E402
+
+WORK = ROOT / "benchmarks" / ".work"
+BUCKET = "bench"
+MB = 1_000_000
+
+# Targets from the issue.
+MAX_RATIO_TO_FLOOR = 1.3
+MIN_SPEEDUP_OVER_GUIDE = 2.5
+MAX_RSS_MB = 250
+
+# The anchors upload with boto3's defaults (8 MiB parts, 10 threads), like `aws s3 cp`.
+UPLOAD_CHILD = """
+import sys, boto3
+from botocore.config import Config
+s3 = boto3.client("s3", config=Config(s3={"addressing_style": "path"}))
+s3.upload_file(sys.argv[1], sys.argv[2], sys.argv[3])
+"""
+
+# The backup as the daemon's run worker does it: load the definitions, run the job for a partition.
+DAGSTER_CHILD = """
+import json, sys
+from dagster import DagsterInstance
+from acci_ops.definitions import build_definitions
+from acci_ops.settings import load_settings
+job = build_definitions(load_settings()).resolve_job_def("nightly_backup")
+result = job.execute_in_process(partition_key=sys.argv[1], instance=DagsterInstance.ephemeral())
+event = result.asset_materializations_for_node("db_backup")[0]
+print(json.dumps({k: v.value for k, v in event.metadata.items()}, default=str))
+"""
+
+
+@dataclass
+class Row:
+    variant: str
+    seconds: float
+    stored_bytes: int | None
+    peak_rss_kb: int | None
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def timed(argv: list[str], env: dict[str, str], name: str) -> tuple[float, int, str]:
+    """Run argv under /usr/bin/time -v; return wall seconds, peak RSS (kB) and stdout."""
+    rss_file = WORK / f"{name}.time"
+    started = time.monotonic()
+    proc = subprocess.run(["/usr/bin/time", "-v", "-o", str(rss_file), *argv], env=env, cwd=ROOT,
+                          capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        sys.exit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", rss_file.read_text())
+    return seconds, int(match.group(1)), proc.stdout
+
+
+class Bench:
+    """One database in the cluster, the S3 server, and the variants run against them."""
+
+    def __init__(self, pg: LocalPostgres, dbname: str, endpoint: str) -> None:
+        self.pg = pg
+        self.dbname = dbname
+        self.pg_bin = server_bin_dir()
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            PGHOST="127.0.0.1", PGPORT=str(pg.port), PGUSER="postgres", PGDATABASE=dbname,
+            AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+            AWS_ENDPOINT_URL=endpoint,
+            # moto, like several S3-compatible stores, is better off without the CRC checksums
+            # AWS SDKs send by default since 2025; acci_ops sets the same in its client.
+            AWS_REQUEST_CHECKSUM_CALCULATION="when_required", AWS_RESPONSE_CHECKSUM_VALIDATION="when_required",
+        )
+        self.s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                               aws_secret_access_key="bench", config=Config(s3={"addressing_style": "path"}))
+
+    def object_size(self, key: str) -> int:
+        return self.s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
+
+    def empty_bucket(self) -> None:
+        """moto keeps objects in memory: drop each variant's upload before the next one runs."""
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+            for item in page.get("Contents", []):
+                self.s3.delete_object(Bucket=BUCKET, Key=item["Key"])
+
+    def anchor(self, name: str, pipeline: str, upload_from: Path | None = None) -> tuple[float, int, int | None]:
+        """A shell pipeline (and the upload of its file), timed as one command."""
+        script = f"set -o pipefail; {pipeline}"
+        if upload_from:
+            script += f' && "{sys.executable}" -c "$UPLOAD_CHILD" {upload_from} {BUCKET} {name}/{upload_from.name}'
+        env = dict(self.env, PATH=f"{self.pg_bin}:{self.env['PATH']}", UPLOAD_CHILD=UPLOAD_CHILD)
+        seconds, rss, _ = timed(["bash", "-c", script], env, name)
+        stored = self.object_size(f"{name}/{upload_from.name}") if upload_from else None
+        if upload_from:
+            upload_from.unlink()
+        return seconds, rss, stored
+
+    def floor(self) -> Row:
+        seconds, rss, _ = self.anchor("floor", "pg_dump -Fc -Z0 > /dev/null")
+        return Row("1 floor: pg_dump -Fc -Z0 > /dev/null", seconds, None, rss)
+
+    def guide(self) -> Row:
+        file = WORK / f"{self.dbname}.sql.gz"
+        seconds, rss, stored = self.anchor("guide", f"pg_dump | gzip > {file}", upload_from=file)
+        return Row("2 guide: pg_dump | gzip > file; upload", seconds, stored, rss)
+
+    def custom(self) -> Row:
+        file = WORK / f"{self.dbname}.dump"
+        seconds, rss, stored = self.anchor("custom", f"pg_dump -Fc > {file}", upload_from=file)
+        return Row("3 pg_dump -Fc > file; upload", seconds, stored, rss)
+
+    def acci_ops(self) -> tuple[Row, dict]:
+        env = dict(
+            self.env,
+            ACCI_DATABASE_URL=self.pg.url(self.dbname),
+            ACCI_BACKUP_URL=f"s3://{BUCKET}/acci",
+            ACCI_BACKUP_START_DATE="2020-01-01",
+            ACCI_PG_BIN=self.pg_bin,  # the same pg_dump binary as the anchors
+        )
+        for name in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE"):
+            env.pop(name)  # acci_ops must get everything from its URL
+        partition = (date.today() - timedelta(days=1)).isoformat()
+        seconds, rss, out = timed([sys.executable, "-c", DAGSTER_CHILD, partition], env, "acci_ops")
+        meta = json.loads(out.strip().splitlines()[-1])
+        stored = self.object_size(f"acci/{meta['object_key']}")
+        assert stored == meta["stored_bytes"], (stored, meta["stored_bytes"])
+        return Row("4 acci_ops: Dagster job nightly_backup", seconds, stored, rss), meta
+
+    def run(self, variants: list[str]) -> tuple[list[Row], dict]:
+        log(f"  warm-up: {self.floor().seconds:.1f} s (floor, untimed, fills the page cache)")
+        rows, meta = [], {}
+        for variant in variants:
+            if variant == "acci_ops":
+                row, meta = self.acci_ops()
+            else:
+                row = getattr(self, variant)()
+            self.empty_bucket()
+            log(f"  {row.variant}: {row.seconds:.1f} s")
+            rows.append(row)
+        return rows, meta
+
+
+def build_database(pg: LocalPostgres, dbname: str, pgbench_scale: int, text_rows: int) -> None:
+    """pgbench tables plus a table of random md5 text; a kept cluster's finished build is reused."""
+    done = "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{}'"
+    if pg.psql(done.format(dbname)) == "benchmark data complete":
+        log(f"reusing database {dbname} from a kept cluster")
+        return
+    log(f"building {dbname}: pgbench -i -s {pgbench_scale} plus {text_rows:,} rows of random text ...")
+    started = time.monotonic()
+    pg.psql(f"DROP DATABASE IF EXISTS {dbname}")
+    pg.psql(f"CREATE DATABASE {dbname}")
+    subprocess.run(["pgbench", "-i", "-I", "dtGvp", "-s", str(pgbench_scale), "-h", "127.0.0.1",
+                    "-p", str(pg.port), "-U", "postgres", dbname], check=True, capture_output=True)
+    pg.psql("CREATE TABLE bench_text AS SELECT g AS id, "
+            "md5(random()::text) || ' ' || md5(random()::text) || ' ' || md5(random()::text) AS body "
+            f"FROM generate_series(1, {text_rows}) g", dbname)
+    pg.psql("ALTER TABLE bench_text ADD PRIMARY KEY (id)", dbname)
+    pg.psql("VACUUM ANALYZE bench_text", dbname)
+    pg.psql("CHECKPOINT")
+    pg.psql(f"COMMENT ON DATABASE {dbname} IS 'benchmark data complete'")
+    log(f"  built in {time.monotonic() - started:.0f} s")
+
+
+def database_mb(pg: LocalPostgres, dbname: str) -> float:
+    return int(pg.psql(f"SELECT pg_database_size('{dbname}')")) / MB
+
+
+def print_table(title: str, rows: list[Row], meta: dict) -> None:
+    floor = rows[0].seconds
+    log("")
+    log(title)
+    log(f"{'variant':<42} {'seconds':>8} {'x floor':>8} {'stored MB':>10} {'peak RSS MB':>12}")
+    for row in rows:
+        stored = f"{row.stored_bytes / MB:.1f}" if row.stored_bytes is not None else "-"
+        rss = f"{row.peak_rss_kb / 1024:.0f}" if row.peak_rss_kb is not None else "-"
+        log(f"{row.variant:<42} {row.seconds:>8.2f} {row.seconds / floor:>8.2f} {stored:>10} {rss:>12}")
+    if meta:
+        engine = meta["duration_seconds"]
+        log(f"{'  of which run_backup itself (run metadata)':<42} {engine:>8.2f} {engine / floor:>8.2f}")
+        log(f"  acci_ops: {meta['dump_bytes'] / MB:.0f} MB custom-format dump stored as "
+            f"{meta['stored_bytes'] / MB:.1f} MB (zstd ratio {meta['compression_ratio']}), "
+            f"{meta['tables']} tables, {meta['total_rows']:,} rows counted")
+
+
+def check(label: str, ok: bool, value: str) -> bool:
+    log(f"{'PASS' if ok else 'FAIL'}  {label:<62} {value}")
+    return ok
+
+
+def evaluate(results: dict[str, list[Row]]) -> bool:
+    log("")
+    log(f"Targets: acci_ops within {MAX_RATIO_TO_FLOOR}x of the floor, at least {MIN_SPEEDUP_OVER_GUIDE}x faster "
+        f"than the guide's pipeline, peak RSS under {MAX_RSS_MB} MB at every size (times are whole Dagster runs)")
+    ok = True
+    for size, rows in results.items():
+        by_name = {row.variant.split()[0]: row for row in rows}
+        floor, guide, acci = by_name["1"], by_name.get("2"), by_name["4"]
+        ratio = acci.seconds / floor.seconds
+        ok &= check(f"{size}: acci_ops time / floor time <= {MAX_RATIO_TO_FLOOR}",
+                    ratio <= MAX_RATIO_TO_FLOOR, f"{ratio:.2f}x")
+        if guide:
+            speedup = guide.seconds / acci.seconds
+            ok &= check(f"{size}: guide time / acci_ops time >= {MIN_SPEEDUP_OVER_GUIDE}",
+                        speedup >= MIN_SPEEDUP_OVER_GUIDE, f"{speedup:.2f}x")
+        rss_mb = acci.peak_rss_kb / 1024
+        ok &= check(f"{size}: acci_ops peak RSS < {MAX_RSS_MB} MB", rss_mb < MAX_RSS_MB, f"{rss_mb:.0f} MB")
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale-factor", type=float, default=1.0,
+                        help="database size relative to ~1 GB (pgbench -s 50 + 3M text rows); default 1.0")
+    parser.add_argument("--skip-large", action="store_true", help="skip the second pass at 3x the size")
+    parser.add_argument("--keep", action="store_true",
+                        help=f"keep the cluster's data in {WORK.relative_to(ROOT)} (stopped) for the next run")
+    args = parser.parse_args()
+
+    for tool in ("pgbench", "psql", "/usr/bin/time"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: apt-get install -y postgresql-15 time")
+    WORK.mkdir(parents=True, exist_ok=True)
+    pg = LocalPostgres(WORK / "pg", free_port())
+    moto = None
+    try:
+        pg.start()
+        moto = start_moto(WORK / "moto.log")
+        scale = max(1, round(50 * args.scale_factor))
+        rows = max(1000, round(3_000_000 * args.scale_factor))
+        passes = [("base", f"bench_s{scale}", scale, rows)]
+        if not args.skip_large:
+            passes.append(("3x", f"bench_s{scale * 3}", scale * 3, rows * 3))
+        for _, dbname, pgbench_scale, text_rows in passes:
+            build_database(pg, dbname, pgbench_scale, text_rows)
+
+        bench = None
+        results: dict[str, list[Row]] = {}
+        log("")
+        log(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; PostgreSQL and pg_dump "
+            f"from {server_bin_dir()}; S3: moto_server at {moto.endpoint}")
+        for label, dbname, pgbench_scale, text_rows in passes:
+            size = database_mb(pg, dbname)
+            bench = Bench(pg, dbname, moto.endpoint)
+            if label == "base":
+                bench.s3.create_bucket(Bucket=BUCKET)
+            log("")
+            log(f"pass {label}: database {dbname}, {size:,.0f} MB "
+                f"(pgbench -s {pgbench_scale} + {text_rows:,} text rows)")
+            rows_out, meta = bench.run(["floor", "guide", "custom", "acci_ops"])
+            results[f"{label} ({size:,.0f} MB)"] = rows_out
+            print_table(f"Results, {label} pass: {dbname}, {size:,.0f} MB database", rows_out, meta)
+        ok = evaluate(results)
+        log("")
+        log("peak RSS is the largest single process of the variant (/usr/bin/time -v); for acci_ops that is the "
+            "Python process running Dagster, for the anchors usually the upload's Python process")
+        return 0 if ok else 1
+    finally:
+        if moto:
+            moto.stop()
+        pg.stop()
+        if args.keep:
+            log(f"kept the cluster's data in {pg.data_dir} (stopped)")
+        else:
+            shutil.rmtree(WORK, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
