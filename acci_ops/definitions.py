@@ -20,12 +20,25 @@ from acci_ops.defs.backups.jobs import (
 )
 from acci_ops.defs.backups.retention import build_retention_job
 from acci_ops.defs.resources import AlertWebhook, environment_resource, resource_key
+from acci_ops.defs.validation.checks import (
+    build_restore_check,
+    build_validated_asset,
+    check_key,
+    validated_asset_key,
+)
+from acci_ops.defs.validation.jobs import (
+    build_scratch_cleanup_job,
+    build_scratch_cleanup_schedule,
+    build_validate_job,
+)
+from acci_ops.defs.validation.sensors import build_validation_sensor
 from acci_ops.settings import Settings, load_settings
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     """Everything for the declared environments; secrets stay EnvVar references."""
-    assets, backup_keys = [], []
+    assets, checks, backup_keys = [], [], []
+    validation = dg.AssetSelection.assets()  # empty until an environment has a scratch server
     resources: dict[str, object] = {}
     for spec in settings.environments:
         resources[resource_key(spec.name)] = environment_resource(spec)
@@ -34,16 +47,32 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         if spec.offsite:
             assets.append(build_offsite_asset(spec, settings))
             backup_keys.append(offsite_asset_key(spec, settings))
+        if spec.validates:
+            checks.append(build_restore_check(spec, settings))
+            assets.append(build_validated_asset(spec, settings))
+            backup_keys.append(validated_asset_key(spec, settings))
+            validation = validation | dg.AssetSelection.checks(check_key(spec, settings)) | dg.AssetSelection.assets(
+                validated_asset_key(spec, settings))
     max_runtime = int(os.environ.get("ACCI_BACKUP_MAX_RUNTIME_SECONDS") or 4 * 3600) + 600
     nightly = build_nightly_backup_job(settings, backup_keys, max_runtime)
     retention = build_retention_job(settings)
+    jobs = [nightly, retention]
+    schedules = [build_nightly_backup_schedule(nightly, settings), build_retention_schedule(retention, settings)]
+    sensors = [run_failure_alert_sensor]
+    if checks:
+        validate = build_validate_job(settings, validation)
+        cleanup = build_scratch_cleanup_job(settings)
+        jobs += [validate, cleanup]
+        schedules.append(build_scratch_cleanup_schedule(cleanup, settings))
+        sensors.append(build_validation_sensor(settings, validate))
     webhook_set = bool(os.environ.get("ACCI_ALERT_WEBHOOK_URL"))
     resources["alert_webhook"] = AlertWebhook(url=dg.EnvVar("ACCI_ALERT_WEBHOOK_URL") if webhook_set else None)
     return dg.Definitions(
         assets=assets,
-        jobs=[nightly, retention],
-        schedules=[build_nightly_backup_schedule(nightly, settings), build_retention_schedule(retention, settings)],
-        sensors=[run_failure_alert_sensor],
+        asset_checks=checks,
+        jobs=jobs,
+        schedules=schedules,
+        sensors=sensors,
         resources=resources,
     )
 

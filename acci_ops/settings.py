@@ -48,6 +48,11 @@ class EnvironmentSpec:
     kms_key_id: str | None = None
     offsite: OffsiteSpec | None = None
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    scratch_database_url_env: str | None = None  # validation is on when this variable is set
+
+    @property
+    def validates(self) -> bool:
+        return self.scratch_database_url_env is not None
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,16 @@ def _offsite(raw: object, where: str) -> OffsiteSpec | None:
     return OffsiteSpec(**raw)
 
 
+def _scratch_env(name: object, where: str, environ: Mapping[str, str]) -> str | None:
+    """Validation needs a scratch server; it is enabled for an environment when the variable
+    holding that server's URL exists (the URL itself is read by EnvVar at run time)."""
+    if name is None:
+        return _if_set(environ, "ACCI_SCRATCH_DATABASE_URL")
+    if not isinstance(name, str) or not _ENV_VAR.match(name):
+        raise ConfigError(f"{where}: scratch_database_url_env must be the NAME of an environment variable")
+    return name
+
+
 def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentSpec], str | None]:
     try:
         doc = yaml.safe_load(Path(path).read_text())
@@ -137,7 +152,8 @@ def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentS
         _check_name(name, path)
         if not isinstance(body, dict):
             raise ConfigError(f"{where} must be a mapping")
-        allowed = {"database_url_env", "backup_url", "sse", "kms_key_id", "offsite", "retention"}
+        allowed = {"database_url_env", "backup_url", "sse", "kms_key_id", "offsite", "retention",
+                   "scratch_database_url_env"}
         unknown = set(body) - allowed
         if unknown:
             raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -151,6 +167,7 @@ def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentS
             name=name, database_url_env=body["database_url_env"], backup_url=body["backup_url"],
             sse=body.get("sse") or "none", kms_key_id=body.get("kms_key_id"),
             offsite=_offsite(body.get("offsite"), where), retention=_retention(body.get("retention"), where),
+            scratch_database_url_env=_scratch_env(body.get("scratch_database_url_env"), where, environ),
         ))
     tz = doc.get("timezone")
     return specs, str(tz) if tz else None
@@ -190,5 +207,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         offsite=offsite,
         retention=RetentionPolicy(_int(environ, "ACCI_RETENTION_DAILY", 7), _int(environ, "ACCI_RETENTION_WEEKLY", 4),
                                   _int(environ, "ACCI_RETENTION_MONTHLY", 12)),
+        scratch_database_url_env=_if_set(environ, "ACCI_SCRATCH_DATABASE_URL"),
     )
     return Settings((spec,), _check_timezone(environ.get("ACCI_TIMEZONE", "").strip() or "UTC"), start)

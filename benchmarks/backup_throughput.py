@@ -68,19 +68,30 @@ print(json.dumps({k: v.value for k, v in event.metadata.items()}, default=str))
 
 
 @dataclass
+class Measured:
+    """What /usr/bin/time -v saw of one command: wall time, CPU of it and its children, peak RSS."""
+
+    seconds: float
+    cpu_seconds: float
+    peak_rss_kb: int
+    stdout: str
+
+
+@dataclass
 class Row:
     variant: str
     seconds: float
+    cpu_seconds: float
     stored_bytes: int | None
-    peak_rss_kb: int | None
+    peak_rss_kb: int
 
 
 def log(message: str) -> None:
     print(message, flush=True)
 
 
-def timed(argv: list[str], env: dict[str, str], name: str) -> tuple[float, int, str]:
-    """Run argv under /usr/bin/time -v; return wall seconds, peak RSS (kB) and stdout."""
+def timed(argv: list[str], env: dict[str, str], name: str) -> Measured:
+    """Run argv under /usr/bin/time -v."""
     rss_file = WORK / f"{name}.time"
     started = time.monotonic()
     proc = subprocess.run(["/usr/bin/time", "-v", "-o", str(rss_file), *argv], env=env, cwd=ROOT,
@@ -88,8 +99,10 @@ def timed(argv: list[str], env: dict[str, str], name: str) -> tuple[float, int, 
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         sys.exit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", rss_file.read_text())
-    return seconds, int(match.group(1)), proc.stdout
+    report = rss_file.read_text()
+    field = lambda label: float(re.search(rf"{label}: ([\d.]+)", report).group(1))  # noqa: E731
+    cpu = field(r"User time \(seconds\)") + field(r"System time \(seconds\)")
+    return Measured(seconds, cpu, int(field(r"Maximum resident set size \(kbytes\)")), proc.stdout)
 
 
 class Bench:
@@ -121,31 +134,28 @@ class Bench:
             for item in page.get("Contents", []):
                 self.s3.delete_object(Bucket=BUCKET, Key=item["Key"])
 
-    def anchor(self, name: str, pipeline: str, upload_from: Path | None = None) -> tuple[float, int, int | None]:
+    def anchor(self, variant: str, name: str, pipeline: str, upload_from: Path | None = None) -> Row:
         """A shell pipeline (and the upload of its file), timed as one command."""
         script = f"set -o pipefail; {pipeline}"
         if upload_from:
             script += f' && "{sys.executable}" -c "$UPLOAD_CHILD" {upload_from} {BUCKET} {name}/{upload_from.name}'
         env = dict(self.env, PATH=f"{self.pg_bin}:{self.env['PATH']}", UPLOAD_CHILD=UPLOAD_CHILD)
-        seconds, rss, _ = timed(["bash", "-c", script], env, name)
+        run = timed(["bash", "-c", script], env, name)
         stored = self.object_size(f"{name}/{upload_from.name}") if upload_from else None
         if upload_from:
             upload_from.unlink()
-        return seconds, rss, stored
+        return Row(variant, run.seconds, run.cpu_seconds, stored, run.peak_rss_kb)
 
     def floor(self) -> Row:
-        seconds, rss, _ = self.anchor("floor", "pg_dump -Fc -Z0 > /dev/null")
-        return Row("1 floor: pg_dump -Fc -Z0 > /dev/null", seconds, None, rss)
+        return self.anchor("1 floor: pg_dump -Fc -Z0 > /dev/null", "floor", "pg_dump -Fc -Z0 > /dev/null")
 
     def guide(self) -> Row:
         file = WORK / f"{self.dbname}.sql.gz"
-        seconds, rss, stored = self.anchor("guide", f"pg_dump | gzip > {file}", upload_from=file)
-        return Row("2 guide: pg_dump | gzip > file; upload", seconds, stored, rss)
+        return self.anchor("2 guide: pg_dump | gzip > file; upload", "guide", f"pg_dump | gzip > {file}", file)
 
     def custom(self) -> Row:
         file = WORK / f"{self.dbname}.dump"
-        seconds, rss, stored = self.anchor("custom", f"pg_dump -Fc > {file}", upload_from=file)
-        return Row("3 pg_dump -Fc > file; upload", seconds, stored, rss)
+        return self.anchor("3 pg_dump -Fc > file; upload", "custom", f"pg_dump -Fc > {file}", file)
 
     def acci_ops(self) -> tuple[Row, dict]:
         env = dict(
@@ -158,11 +168,12 @@ class Bench:
         for name in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE"):
             env.pop(name)  # acci_ops must get everything from its URL
         partition = (date.today() - timedelta(days=1)).isoformat()
-        seconds, rss, out = timed([sys.executable, "-c", DAGSTER_CHILD, partition], env, "acci_ops")
-        meta = json.loads(out.strip().splitlines()[-1])
+        run = timed([sys.executable, "-c", DAGSTER_CHILD, partition], env, "acci_ops")
+        meta = json.loads(run.stdout.strip().splitlines()[-1])
         stored = self.object_size(f"acci/{meta['object_key']}")
         assert stored == meta["stored_bytes"], (stored, meta["stored_bytes"])
-        return Row("4 acci_ops: Dagster job nightly_backup", seconds, stored, rss), meta
+        row = Row("4 acci_ops: Dagster job nightly_backup", run.seconds, run.cpu_seconds, stored, run.peak_rss_kb)
+        return row, meta
 
     def run(self, variants: list[str]) -> tuple[list[Row], dict]:
         log(f"  warm-up: {self.floor().seconds:.1f} s (floor, untimed, fills the page cache)")
@@ -208,11 +219,11 @@ def print_table(title: str, rows: list[Row], meta: dict) -> None:
     floor = rows[0].seconds
     log("")
     log(title)
-    log(f"{'variant':<42} {'seconds':>8} {'x floor':>8} {'stored MB':>10} {'peak RSS MB':>12}")
+    log(f"{'variant':<42} {'seconds':>8} {'x floor':>8} {'stored MB':>10} {'peak RSS MB':>12} {'client CPU s':>13}")
     for row in rows:
         stored = f"{row.stored_bytes / MB:.1f}" if row.stored_bytes is not None else "-"
-        rss = f"{row.peak_rss_kb / 1024:.0f}" if row.peak_rss_kb is not None else "-"
-        log(f"{row.variant:<42} {row.seconds:>8.2f} {row.seconds / floor:>8.2f} {stored:>10} {rss:>12}")
+        log(f"{row.variant:<42} {row.seconds:>8.2f} {row.seconds / floor:>8.2f} {stored:>10} "
+            f"{row.peak_rss_kb / 1024:>12.0f} {row.cpu_seconds:>13.1f}")
     if meta:
         engine = meta["duration_seconds"]
         log(f"{'  of which run_backup itself (run metadata)':<42} {engine:>8.2f} {engine / floor:>8.2f}")
@@ -222,27 +233,28 @@ def print_table(title: str, rows: list[Row], meta: dict) -> None:
 
 
 def check(label: str, ok: bool, value: str) -> bool:
-    log(f"{'PASS' if ok else 'FAIL'}  {label:<62} {value}")
+    log(f"{'PASS' if ok else 'FAIL'}  {label:<58} {value}")
     return ok
 
 
-def evaluate(results: dict[str, list[Row]]) -> bool:
+def evaluate(results: dict[str, tuple[list[Row], dict]]) -> bool:
+    """The issue's targets, judged on the whole Dagster run; run_backup alone is shown as info."""
     log("")
-    log(f"Targets: acci_ops within {MAX_RATIO_TO_FLOOR}x of the floor, at least {MIN_SPEEDUP_OVER_GUIDE}x faster "
-        f"than the guide's pipeline, peak RSS under {MAX_RSS_MB} MB at every size (times are whole Dagster runs)")
+    log(f"Targets (acci_ops = the whole Dagster run): within {MAX_RATIO_TO_FLOOR}x of the floor, at least "
+        f"{MIN_SPEEDUP_OVER_GUIDE}x faster than the guide's pipeline, peak RSS under {MAX_RSS_MB} MB at every size")
     ok = True
-    for size, rows in results.items():
-        by_name = {row.variant.split()[0]: row for row in rows}
-        floor, guide, acci = by_name["1"], by_name.get("2"), by_name["4"]
+    for size, (rows, meta) in results.items():
+        floor, guide, _, acci = rows
         ratio = acci.seconds / floor.seconds
-        ok &= check(f"{size}: acci_ops time / floor time <= {MAX_RATIO_TO_FLOOR}",
-                    ratio <= MAX_RATIO_TO_FLOOR, f"{ratio:.2f}x")
-        if guide:
-            speedup = guide.seconds / acci.seconds
-            ok &= check(f"{size}: guide time / acci_ops time >= {MIN_SPEEDUP_OVER_GUIDE}",
-                        speedup >= MIN_SPEEDUP_OVER_GUIDE, f"{speedup:.2f}x")
+        speedup = guide.seconds / acci.seconds
         rss_mb = acci.peak_rss_kb / 1024
+        ok &= check(f"{size}: acci_ops / floor <= {MAX_RATIO_TO_FLOOR}", ratio <= MAX_RATIO_TO_FLOOR, f"{ratio:.2f}x")
+        ok &= check(f"{size}: guide / acci_ops >= {MIN_SPEEDUP_OVER_GUIDE}", speedup >= MIN_SPEEDUP_OVER_GUIDE,
+                    f"{speedup:.2f}x")
         ok &= check(f"{size}: acci_ops peak RSS < {MAX_RSS_MB} MB", rss_mb < MAX_RSS_MB, f"{rss_mb:.0f} MB")
+        engine = meta["duration_seconds"]
+        log(f"info  {size}: run_backup alone (no Dagster start-up) is {engine / floor.seconds:.2f}x the floor, "
+            f"guide / run_backup {guide.seconds / engine:.2f}x")
     return ok
 
 
@@ -272,8 +284,7 @@ def main() -> int:
         for _, dbname, pgbench_scale, text_rows in passes:
             build_database(pg, dbname, pgbench_scale, text_rows)
 
-        bench = None
-        results: dict[str, list[Row]] = {}
+        results: dict[str, tuple[list[Row], dict]] = {}
         log("")
         log(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; PostgreSQL and pg_dump "
             f"from {server_bin_dir()}; S3: moto_server at {moto.endpoint}")
@@ -286,7 +297,7 @@ def main() -> int:
             log(f"pass {label}: database {dbname}, {size:,.0f} MB "
                 f"(pgbench -s {pgbench_scale} + {text_rows:,} text rows)")
             rows_out, meta = bench.run(["floor", "guide", "custom", "acci_ops"])
-            results[f"{label} ({size:,.0f} MB)"] = rows_out
+            results[f"{label} ({size:,.0f} MB)"] = (rows_out, meta)
             print_table(f"Results, {label} pass: {dbname}, {size:,.0f} MB database", rows_out, meta)
         ok = evaluate(results)
         log("")

@@ -8,8 +8,10 @@ from pydantic import Field
 
 from acci_ops.lib.alerts import post_webhook
 from acci_ops.lib.dburl import DatabaseTarget, parse_database_url
+from acci_ops.lib.errors import ConfigError
 from acci_ops.lib.objectstore import Encryption, ObjectStore, S3Store, open_store
 from acci_ops.lib.pgdump import BackupSettings
+from acci_ops.lib.validation import ValidationSettings
 from acci_ops.settings import EnvironmentSpec
 
 
@@ -29,6 +31,13 @@ class AcciEnvironment(dg.ConfigurableResource):
     offsite_kms_key_id: str | None = Field(default=None, description="KMS key id for the offsite store.")
     pg_bin_dir: str | None = Field(default=None, description="Directory holding pg_dump/pg_restore (default: PATH).")
     max_runtime_seconds: int = Field(default=4 * 3600, description="pg_dump is stopped after this long.")
+    scratch_database_url: str | None = Field(
+        default=None, description="PostgreSQL maintenance database (role with CREATEDB) for validation restores.")
+    validation_mode: str = Field(default="auto", description="auto, parallel (local file, -j) or stream.")
+    validation_jobs: int = Field(default=2, description="pg_restore --jobs for parallel validation restores.")
+    validation_work_dir: str | None = Field(default=None, description="Where the local restore file goes.")
+    validation_amcheck: str = Field(default="auto", description="pg_amcheck --heapallindexed: auto, off, required.")
+    validation_assertions_file: str | None = Field(default=None, description="YAML of SQL assertions to run.")
 
     def target(self) -> DatabaseTarget:
         return parse_database_url(self.database_url, name=f"database URL of environment {self.name}")
@@ -55,6 +64,19 @@ class AcciEnvironment(dg.ConfigurableResource):
             return S3Store(self.offsite_url, encryption=encryption, client=client)
         return open_store(self.offsite_url, encryption=encryption)
 
+    def scratch(self) -> DatabaseTarget:
+        if not self.scratch_database_url:
+            raise ConfigError(f"no scratch database configured for environment {self.name}; "
+                              "set ACCI_SCRATCH_DATABASE_URL to validate backups")
+        return parse_database_url(self.scratch_database_url, name=f"scratch database URL of environment {self.name}")
+
+    def validation_settings(self) -> ValidationSettings:
+        return ValidationSettings(
+            mode=self.validation_mode, jobs=self.validation_jobs, work_dir=self.validation_work_dir or None,
+            amcheck=self.validation_amcheck, assertions_file=self.validation_assertions_file or None,
+            pg_bin_dir=self.pg_bin_dir or None,
+        )
+
     def backup_settings(self) -> BackupSettings:
         return BackupSettings(max_runtime_seconds=self.max_runtime_seconds, pg_bin_dir=self.pg_bin_dir or None)
 
@@ -77,6 +99,12 @@ def environment_resource(spec: EnvironmentSpec) -> AcciEnvironment:
         offsite_kms_key_id=offsite.kms_key_id if offsite else None,
         pg_bin_dir=os.environ.get("ACCI_PG_BIN") or None,
         max_runtime_seconds=int(os.environ.get("ACCI_BACKUP_MAX_RUNTIME_SECONDS") or 4 * 3600),
+        scratch_database_url=dg.EnvVar(spec.scratch_database_url_env) if spec.validates else None,
+        validation_mode=os.environ.get("ACCI_VALIDATION_MODE") or "auto",
+        validation_jobs=int(os.environ.get("ACCI_VALIDATION_JOBS") or 2),
+        validation_work_dir=os.environ.get("ACCI_VALIDATION_WORK_DIR") or None,
+        validation_amcheck=os.environ.get("ACCI_VALIDATION_AMCHECK") or "auto",
+        validation_assertions_file=os.environ.get("ACCI_VALIDATION_ASSERTIONS_FILE") or None,
     )
 
 

@@ -73,3 +73,39 @@ def delete_backup(store: ObjectStore, backup_key: str) -> None:
         if item.key != manifest:
             store.delete(item.key)
     store.delete(manifest)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """New complete backups seen after a cursor, and where the next scan starts."""
+
+    new_backups: list[BackupKey]
+    cursor: str | None
+    examined: int
+
+
+def scan_new_backups(store: ObjectStore, environment: str, start_after: str, *, max_objects: int = 1000,
+                     max_backups: int = 20, skip_if_suffix: str | None = None) -> Scan:
+    """Walk keys after ``start_after`` (S3 ``StartAfter``), so the cost follows the number of new
+    objects, not the size of the bucket. A backup counts once its manifest (the commit marker) is
+    seen; with ``skip_if_suffix`` a backup whose sidecar with that suffix is already there is skipped."""
+    from acci_ops.lib.layout import MANIFEST_SUFFIX, parse_dump_key
+
+    found: list[BackupKey] = []
+    seen: set[str] = set()
+    cursor, examined = start_after, 0
+    for item in store.list(f"{environment}/", start_after=start_after):
+        examined += 1
+        seen.add(item.key)
+        if item.key.endswith(MANIFEST_SUFFIX):
+            parsed = parse_dump_key(item.key.removesuffix(MANIFEST_SUFFIX))
+            if parsed and parsed.environment == environment:
+                if len(found) >= max_backups:
+                    break  # resume from here next tick
+                found.append(parsed)
+        cursor = item.key
+        if examined >= max_objects:
+            break
+    if skip_if_suffix:
+        found = [b for b in found if b.key + skip_if_suffix not in seen and not store.exists(b.key + skip_if_suffix)]
+    return Scan(found, cursor, examined)

@@ -9,6 +9,7 @@ from acci_ops.lib.backups import delete_backup
 from acci_ops.lib.errors import AcciOpsError
 from acci_ops.lib.objectstore import ObjectStore
 from acci_ops.lib.retention import RetentionPlan, RetentionPolicy, complete_backups, plan_retention
+from acci_ops.lib.validation import newest_validated
 from acci_ops.settings import Settings
 
 
@@ -20,6 +21,10 @@ def apply_retention(store: ObjectStore, environment: str, policy: RetentionPolic
                     log, protect: frozenset[str] = frozenset()) -> tuple[RetentionPlan, list[str]]:  # noqa: ANN001
     """Plan and (unless dry-run) delete for one store; returns the plan and orphans removed."""
     backups, orphans = complete_backups((o.key for o in store.list(f"{environment}/")), environment)
+    validated = newest_validated(store, environment)
+    if validated:
+        # The newest backup known to restore is what DR would use: never delete it.
+        protect = protect | {validated[0].key}
     plan = plan_retention(backups, policy, protect)
     verb = "would delete" if dry_run else "deleting"
     for key in plan.delete:

@@ -1,0 +1,136 @@
+"""Every backup proven restorable: the blocking restore check and the validated-backup asset."""
+
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+
+from acci_ops.defs.backups.assets import backup_asset_key, daily_partitions, run_step
+from acci_ops.defs.resources import AcciEnvironment, resource_key
+from acci_ops.lib.backups import list_backups
+from acci_ops.lib.errors import AcciOpsError
+from acci_ops.lib.validation import ValidationReport, newest_validated, store_report, validate_backup
+from acci_ops.settings import EnvironmentSpec, Settings
+
+BACKUP_KEY_TAG = "acci/backup_key"
+CHECK_NAME = "restores_cleanly"
+VALIDATED_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
+
+
+def validated_asset_key(spec: EnvironmentSpec, settings: Settings) -> dg.AssetKey:
+    return dg.AssetKey([spec.name, "db_backup_validated"]) if settings.several else dg.AssetKey("db_backup_validated")
+
+
+def check_key(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCheckKey:
+    return dg.AssetCheckKey(backup_asset_key(spec, settings), CHECK_NAME)
+
+
+def rpo_seconds(store, environment: str) -> float | None:  # noqa: ANN001
+    """Age of the newest backup known to restore: the number that matters when disaster strikes."""
+    found = newest_validated(store, environment)
+    if not found:
+        return None
+    _, report = found
+    return (datetime.now(UTC) - datetime.fromisoformat(report.snapshot_at)).total_seconds()
+
+
+def report_metadata(report: ValidationReport, rpo: float | None) -> dict[str, object]:
+    metadata: dict[str, object] = {
+        "backup_key": report.backup_key,
+        "restore_seconds": report.restore_seconds,
+        "validation_seconds": report.validation_seconds,
+        "restore_mode": report.mode,
+        "tables": report.tables,
+        "total_rows": report.total_rows,
+        "report": dg.MetadataValue.md(report.markdown()),
+    }
+    for step in report.steps:
+        metadata[f"step_{step.name}_seconds"] = step.seconds
+    if rpo is not None:
+        metadata["rpo_hours"] = round(rpo / 3600, 3)
+    if report.failure:
+        metadata["failure"] = report.failure
+    return metadata
+
+
+def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetChecksDefinition:
+    key = resource_key(spec.name)
+
+    @dg.asset_check(
+        asset=backup_asset_key(spec, settings),
+        name=CHECK_NAME,
+        blocking=True,
+        partitions_def=daily_partitions(settings),
+        required_resource_keys={key},
+        description=(
+            "Restores the partition's newest backup into a throwaway database on the scratch server and proves it: "
+            "sha256 and size against the manifest, the archive's table of contents, pg_restore stopping at the first "
+            "error, exact row counts and the set of tables/sequences/views/functions/extensions against the manifest, "
+            "pg_amcheck and SQL assertions when configured. The scratch database is always dropped. Blocks the "
+            "offsite copy; the result is stored beside the manifest as .validation.json."
+        ),
+    )
+    def restores_cleanly(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        env: AcciEnvironment = getattr(context.resources, key)
+        day = date.fromisoformat(context.partition_key)
+
+        def validate() -> tuple[ValidationReport, float | None]:
+            store = env.store()
+            backup_key = context.run.tags.get(BACKUP_KEY_TAG)
+            if not backup_key:
+                backups = list_backups(store, spec.name, day)
+                if not backups:
+                    raise AcciOpsError(f"no complete {spec.name} backup for {day} in {store.url} to validate")
+                backup_key = backups[-1].key
+            report = validate_backup(store=store, backup_key=backup_key, scratch=env.scratch(), environment=spec.name,
+                                     source=env.target(), settings=env.validation_settings(), log=context.log.info)
+            store_report(store, report)
+            return report, rpo_seconds(store, spec.name)
+
+        report, rpo = run_step(context, validate)
+        if not report.ok:
+            context.log.error(f"backup {report.backup_key} failed validation: {report.failure}")
+        return dg.AssetCheckResult(passed=report.ok, severity=dg.AssetCheckSeverity.ERROR,
+                                   description=report.failure or f"restored and verified in {report.restore_seconds} s",
+                                   metadata=report_metadata(report, rpo))
+
+    return restores_cleanly
+
+
+def build_validated_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDefinition:
+    key = resource_key(spec.name)
+
+    @dg.asset(
+        key=validated_asset_key(spec, settings),
+        deps=[backup_asset_key(spec, settings)],
+        partitions_def=daily_partitions(settings),
+        required_resource_keys={key},
+        group_name="backups",
+        freshness_policy=VALIDATED_FRESHNESS,
+        kinds={"postgres"},
+        tags={"acci/environment": spec.name},
+        description=(
+            f"The newest {spec.name} backup known to restore. Materialized after the restore check passes, with the "
+            "RPO (age of the newest validated backup) and the restore time (our data RTO estimate). Late when no "
+            "backup has been validated for 26 hours."
+        ),
+    )
+    def db_backup_validated(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        env: AcciEnvironment = getattr(context.resources, key)
+
+        def newest():  # noqa: ANN202
+            found = newest_validated(env.store(), spec.name)
+            if not found:
+                raise AcciOpsError(f"no validated {spec.name} backup exists yet")
+            return found
+
+        backup, report = run_step(context, newest)
+        age = (datetime.now(UTC) - datetime.fromisoformat(report.snapshot_at)).total_seconds()
+        return dg.MaterializeResult(metadata={
+            "validated_backup_key": backup.key,
+            "rpo_hours": round(age / 3600, 3),
+            "restore_seconds": report.restore_seconds,
+            "validation_seconds": report.validation_seconds,
+            "snapshot_at": report.snapshot_at,
+        })
+
+    return db_backup_validated

@@ -1,0 +1,71 @@
+"""Notices backups landing in the object store (ours or other tools' in our format) and validates them."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from acci_ops.defs.resources import resource_key
+from acci_ops.defs.validation.checks import BACKUP_KEY_TAG, check_key, validated_asset_key
+from acci_ops.lib.backups import scan_new_backups
+from acci_ops.lib.errors import AcciOpsError
+from acci_ops.lib.validation import VALIDATION_SUFFIX
+from acci_ops.settings import Settings
+
+MAX_OBJECTS_PER_TICK = 2000
+MAX_RUNS_PER_TICK = 20
+FIRST_LOOK_BACK = timedelta(days=2)
+
+
+def initial_cursor(environment: str, now: datetime) -> str:
+    """On first start, look back two days instead of walking the whole bucket."""
+    return f"{environment}/{(now - FIRST_LOOK_BACK).date().isoformat()}/"
+
+
+def build_validation_sensor(settings: Settings, job) -> dg.SensorDefinition:  # noqa: ANN001
+    specs = [spec for spec in settings.environments if spec.validates]
+    keys = {resource_key(spec.name) for spec in specs}
+
+    @dg.sensor(
+        name="backup_validation_sensor",
+        job=job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        required_resource_keys=keys,
+        description=(
+            "Watches the backup stores for new manifests (a backup is complete when its manifest lands, whoever "
+            "wrote it) and launches validate_backup for each one not yet validated. Keeps a per-environment "
+            "cursor (S3 StartAfter), so each tick reads only new keys; bounded to "
+            f"{MAX_RUNS_PER_TICK} runs and {MAX_OBJECTS_PER_TICK} keys per environment per tick."
+        ),
+    )
+    def backup_validation_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        now = datetime.now(UTC)
+        requests, notes = [], []
+        for spec in specs:
+            env = getattr(context.resources, resource_key(spec.name))
+            start = cursor.get(spec.name) or initial_cursor(spec.name, now)
+            try:
+                scan = scan_new_backups(env.store(), spec.name, start, max_objects=MAX_OBJECTS_PER_TICK,
+                                        max_backups=MAX_RUNS_PER_TICK, skip_if_suffix=VALIDATION_SUFFIX)
+            except AcciOpsError as exc:
+                context.log.error(f"{spec.name}: cannot scan backups: {exc}")
+                notes.append(f"{spec.name}: {exc}")
+                continue
+            if scan.cursor:
+                cursor[spec.name] = scan.cursor
+            notes.append(f"{spec.name}: {scan.examined} keys read, {len(scan.new_backups)} backups to validate")
+            for backup in scan.new_backups:
+                requests.append(dg.RunRequest(
+                    run_key=f"validate:{backup.key}",
+                    partition_key=backup.day.isoformat(),
+                    asset_selection=[validated_asset_key(spec, settings)],
+                    asset_check_keys=[check_key(spec, settings)],
+                    tags={BACKUP_KEY_TAG: backup.key, "acci/environment": spec.name},
+                ))
+        context.log.info("; ".join(notes))
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True),
+                               skip_reason=None if requests else "; ".join(notes) or "nothing to validate")
+
+    return backup_validation_sensor
