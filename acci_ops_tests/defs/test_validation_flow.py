@@ -43,7 +43,8 @@ def test_nightly_flow_backs_up_validates_and_then_copies(validating_env, s3, ins
     assert 0 <= meta["rpo_hours"] < 1
     assert "| restore | passed |" in meta["report"]
     key = meta["backup_key"]
-    record = ValidationReport.from_json(s3.get_object(Bucket=bucket, Key=f"acci/{validation_key_for(key)}")["Body"].read())
+    stored = s3.get_object(Bucket=bucket, Key=f"acci/{validation_key_for(key)}")["Body"].read()
+    record = ValidationReport.from_json(stored)
     assert record.ok and record.total_rows == 7020
     validated = result.asset_materializations_for_node("db_backup_validated")[0].metadata
     assert validated["validated_backup_key"].value == key
