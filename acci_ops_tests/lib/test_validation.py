@@ -182,7 +182,8 @@ def test_scratch_role_without_createdb(backup, pg_server, scratch_url):
     report, _ = validate(store, key, pg_server.pg.url("postgres", "acci_nocreate", "nocreate-pw"))
     cause = assert_failed_cleanly(report, scratch_url, "restore")
     port = pg_server.pg.port
-    assert cause == f"role acci_nocreate on scratch server 127.0.0.1:{port} lacks CREATEDB; grant it (ALTER ROLE ... CREATEDB)"
+    assert cause == (f"role acci_nocreate on scratch server 127.0.0.1:{port} lacks CREATEDB; "
+                     "grant it (ALTER ROLE ... CREATEDB)")
 
 
 def test_disk_too_small_for_a_parallel_restore(backup, scratch_url, tmp_path):
