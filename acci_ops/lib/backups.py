@@ -89,8 +89,11 @@ def scan_new_backups(store: ObjectStore, environment: str, start_after: str, *, 
     """Walk keys after ``start_after`` (S3 ``StartAfter``), so the cost follows the number of new
     objects, not the size of the bucket. A backup counts once its manifest (the commit marker) is
     seen; with ``skip_if_suffix`` a backup whose sidecar with that suffix is already there is skipped."""
+    import re
+
     from acci_ops.lib.layout import MANIFEST_SUFFIX, parse_dump_key
 
+    dated = re.compile(re.escape(environment) + r"/\d{4}-\d{2}-\d{2}/")
     found: list[BackupKey] = []
     seen: set[str] = set()
     cursor, examined = start_after, 0
@@ -103,7 +106,10 @@ def scan_new_backups(store: ObjectStore, environment: str, start_after: str, *, 
                 if len(found) >= max_backups:
                     break  # resume from here next tick
                 found.append(parsed)
-        cursor = item.key
+        if dated.match(item.key):
+            # Only day folders move the cursor: a stray key such as <env>/notes.txt sorts after
+            # every date and would otherwise hide all later backups from the next ticks.
+            cursor = item.key
         if examined >= max_objects:
             break
     if skip_if_suffix:

@@ -123,6 +123,17 @@ def test_sensor_first_tick_looks_back_two_days_only(validating_env, s3, instance
     assert [r.tags["acci/backup_key"] for r in result.run_requests] == recent
 
 
+def test_stray_keys_do_not_stall_the_cursor(validating_env, s3, instance):
+    bucket, _ = validating_env
+    first = seed_foreign_backups(s3, bucket, [date(2026, 11, 20)])
+    s3.put_object(Bucket=bucket, Key="acci/production/notes.txt", Body=b"hand-written")
+    result, _ = sensor_tick(instance, json.dumps({"production": "production/2026-11-01/"}))
+    assert [r.tags["acci/backup_key"] for r in result.run_requests] == first
+    later = seed_foreign_backups(s3, bucket, [date(2026, 11, 21)])
+    again, _ = sensor_tick(instance, result.cursor)
+    assert [r.tags["acci/backup_key"] for r in again.run_requests] == later
+
+
 def test_sensor_skips_backups_already_validated(validating_env, s3, instance):
     bucket, _ = validating_env
     keys = seed_foreign_backups(s3, bucket, [date(2026, 11, 20), date(2026, 11, 21)])
