@@ -14,9 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -25,17 +23,17 @@ from pathlib import Path
 
 import psycopg
 import yaml
-import zstandard
 
 from acci_ops.lib import catalog
 from acci_ops.lib.backups import read_manifest
-from acci_ops.lib.commands import child_env, find_pg_tool, pump_lines
+from acci_ops.lib.commands import child_env, find_pg_tool
 from acci_ops.lib.dburl import DatabaseTarget
 from acci_ops.lib.errors import AcciOpsError, BackupError, ConfigError
 from acci_ops.lib.layout import BackupKey, parse_dump_key
 from acci_ops.lib.manifest import BackupManifest
 from acci_ops.lib.objectstore import MiB, ObjectStore
 from acci_ops.lib.pgdump import explain_pg_error
+from acci_ops.lib.restore import last_error, pg_restore_run, stream_object
 from acci_ops.lib.scratch import (
     create_scratch_database,
     drop_scratch_database,
@@ -158,80 +156,6 @@ class _Run:
                 self.report.steps.append(StepResult(name, "skipped", 0.0, reason))
 
 
-def _stream_object(store: ObjectStore, key: str, sink: Callable[[bytes], None] | None) -> tuple[str, int, str | None]:
-    """Read the object once: hash every byte, optionally feed the decompressed bytes to ``sink``.
-
-    A decompression error does not stop the hashing, so a damaged object is reported by its
-    checksum (the more fundamental fact) rather than by whatever zstd made of it."""
-    import hashlib
-
-    digest, size, error = hashlib.sha256(), 0, None
-    decompressor = zstandard.ZstdDecompressor().decompressobj() if sink else None
-    with store.open_read(key) as body:
-        while True:
-            chunk = body.read(4 * MiB)
-            if not chunk:
-                break
-            digest.update(chunk)
-            size += len(chunk)
-            if decompressor is not None and error is None:
-                try:
-                    out = decompressor.decompress(chunk)
-                    if out:
-                        sink(out)
-                except zstandard.ZstdError as exc:
-                    error = f"object is not a valid zstd stream: {exc}"
-    return digest.hexdigest(), size, error
-
-
-def _pg_restore(argv: list[str], env: dict[str, str], *, store: ObjectStore | None, key: str | None,
-                timeout: float, log: Log) -> tuple[int, list[str]]:
-    """Run pg_restore; with a store, feed it the decompressed object on stdin (streaming mode)."""
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if store else subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=child_env(env))
-    lines: deque[str] = deque(maxlen=2000)
-    pump = pump_lines(proc.stdout, None, lines)
-    feed_error: list[str] = []
-
-    def feed() -> None:
-        try:
-            writer = proc.stdin
-            _stream_object(store, key, writer.write)
-        except (BrokenPipeError, OSError):
-            pass  # pg_restore stopped reading; its exit code says why
-        except AcciOpsError as exc:
-            feed_error.append(str(exc))
-        finally:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-
-    feeder = threading.Thread(target=feed, daemon=True) if store else None
-    if feeder:
-        feeder.start()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise BackupError(f"pg_restore did not finish within {timeout:.0f} s and was stopped") from None
-    finally:
-        pump.join(10)
-        if feeder:
-            feeder.join(10)
-    if feed_error:
-        raise BackupError(feed_error[0])
-    return proc.returncode, list(lines)
-
-
-def _last_error(lines: list[str]) -> str:
-    for line in reversed(lines):
-        if "error" in line.lower():
-            return line.removeprefix("pg_restore: ").removeprefix("error: ")
-    return lines[-1] if lines else "no output"
-
-
 def _compare_contents(manifest: BackupManifest, counts: dict[str, int], objects: dict[str, list[str]]) -> None:
     problems = []
     for kind, expected in sorted(manifest.objects.items()):
@@ -302,7 +226,7 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
                 out = os.fdopen(fd, "wb")
                 sink = out.write
             try:
-                digest, size, zstd_error = _stream_object(store, backup_key, sink)
+                digest, size, zstd_error = stream_object(store, backup_key, sink)
             finally:
                 if sink:
                     out.close()
@@ -322,9 +246,9 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
         archive = [str(local_file)] if report.mode == "parallel" else []
 
         with run.step("toc") as step:
-            rc, lines = _pg_restore([pg_restore, "--list", *archive], {}, timeout=remaining(), log=log, **from_store)
+            rc, lines = pg_restore_run([pg_restore, "--list", *archive], {}, timeout=remaining(), log=log, **from_store)
             if rc != 0:
-                raise BackupError(f"the archive's table of contents does not read: {_last_error(lines)}")
+                raise BackupError(f"the archive's table of contents does not read: {last_error(lines)}")
             dbname = next((m.group(1) for line in lines if (m := re.match(r";\s+dbname:\s+(\S+)", line))), None)
             entries = sum(1 for line in lines if line and not line.startswith(";"))
             if dbname != manifest.database:
@@ -340,10 +264,10 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
             argv = [pg_restore, "--exit-on-error", "--no-owner", "--no-privileges", "--dbname", scratch_name]
             if report.mode == "parallel":
                 argv += ["--jobs", str(settings.jobs), *archive]
-            rc, lines = _pg_restore(argv, scratch.with_dbname(scratch_name).libpq_env(), timeout=remaining(),
+            rc, lines = pg_restore_run(argv, scratch.with_dbname(scratch_name).libpq_env(), timeout=remaining(),
                                     log=log, **from_store)
             if rc != 0:
-                raise BackupError(f"pg_restore stopped at the first error: {_last_error(lines)}")
+                raise BackupError(f"pg_restore stopped at the first error: {last_error(lines)}")
             report.restore_seconds = round(time.monotonic() - started, 3)
             how = f"-j {settings.jobs}" if report.mode == "parallel" else "stdin"
             step.detail = f"into {scratch_name} ({how})"

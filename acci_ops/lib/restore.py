@@ -1,0 +1,157 @@
+"""Restoring a backup archive with pg_restore: from a local file in parallel, or streamed.
+
+Shared by validation (into a scratch database), DR drills (into the drill's database) and
+on-call disaster recovery (into the environment's database), so all three exercise the same path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+from acci_ops.lib.backups import read_manifest
+from acci_ops.lib.commands import child_env, find_pg_tool, pump_lines
+from acci_ops.lib.dburl import DatabaseTarget
+from acci_ops.lib.errors import AcciOpsError, BackupError
+from acci_ops.lib.manifest import BackupManifest
+from acci_ops.lib.objectstore import MiB, ObjectStore
+
+Log = Callable[[str], None]
+
+
+def stream_object(store: ObjectStore, key: str, sink: Callable[[bytes], None] | None) -> tuple[str, int, str | None]:
+    """Read the object once: hash every byte, optionally feed the decompressed bytes to ``sink``.
+
+    A decompression error does not stop the hashing, so a damaged object is reported by its
+    checksum (the more fundamental fact) rather than by whatever zstd made of it."""
+    digest, size, error = hashlib.sha256(), 0, None
+    decompressor = zstandard.ZstdDecompressor().decompressobj() if sink else None
+    with store.open_read(key) as body:
+        while True:
+            chunk = body.read(4 * MiB)
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+            if decompressor is not None and error is None:
+                try:
+                    out = decompressor.decompress(chunk)
+                    if out:
+                        sink(out)
+                except zstandard.ZstdError as exc:
+                    error = f"object is not a valid zstd stream: {exc}"
+    return digest.hexdigest(), size, error
+
+
+def pg_restore_run(argv: list[str], env: dict[str, str], *, store: ObjectStore | None, key: str | None,
+                timeout: float, log: Log) -> tuple[int, list[str]]:
+    """Run pg_restore; with a store, feed it the decompressed object on stdin (streaming mode)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if store else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=child_env(env))
+    lines: deque[str] = deque(maxlen=2000)
+    pump = pump_lines(proc.stdout, None, lines)
+    feed_error: list[str] = []
+
+    def feed() -> None:
+        try:
+            writer = proc.stdin
+            stream_object(store, key, writer.write)
+        except (BrokenPipeError, OSError):
+            pass  # pg_restore stopped reading; its exit code says why
+        except AcciOpsError as exc:
+            feed_error.append(str(exc))
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+
+    feeder = threading.Thread(target=feed, daemon=True) if store else None
+    if feeder:
+        feeder.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise BackupError(f"pg_restore did not finish within {timeout:.0f} s and was stopped") from None
+    finally:
+        pump.join(10)
+        if feeder:
+            feeder.join(10)
+    if feed_error:
+        raise BackupError(feed_error[0])
+    return proc.returncode, list(lines)
+
+
+def last_error(lines: list[str]) -> str:
+    for line in reversed(lines):
+        if "error" in line.lower():
+            return line.removeprefix("pg_restore: ").removeprefix("error: ")
+    return lines[-1] if lines else "no output"
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    manifest: BackupManifest
+    mode: str
+    seconds: float
+
+
+def restore_backup(store: ObjectStore, backup_key: str, target: DatabaseTarget, *, clean: bool = False,
+                   jobs: int = 2, work_dir: str | None = None, reserve_bytes: int = 256 * MiB,
+                   pg_bin_dir: str | None = None, timeout: float = 6 * 3600, log: Log = print) -> RestoreResult:
+    """Verify the object against its manifest, then restore it into ``target`` (which must exist).
+
+    ``clean`` drops objects before recreating them (DR into an existing database). Parallel from a
+    local file when it fits the disk, streamed otherwise; pg_restore stops at the first error."""
+    pg_restore = find_pg_tool("pg_restore", pg_bin_dir, hint="install postgresql-client-15 or set ACCI_PG_BIN")
+    manifest = read_manifest(store, backup_key)
+    work = work_dir or tempfile.gettempdir()
+    fits = shutil.disk_usage(work).free >= manifest.dump_bytes + reserve_bytes
+    mode = "parallel" if fits else "stream"
+    started = time.monotonic()
+    local: Path | None = None
+    try:
+        sink = None
+        if fits:
+            fd, name = tempfile.mkstemp(prefix="acci-restore-", suffix=".dump", dir=work)
+            local = Path(name)
+            out = os.fdopen(fd, "wb")
+            sink = out.write
+        try:
+            digest, size, zstd_error = stream_object(store, backup_key, sink)
+        finally:
+            if sink:
+                out.close()
+        if size != manifest.stored_bytes or digest != manifest.sha256:
+            raise BackupError(f"{store.uri_for(backup_key)} does not match its manifest (sha256/size); not restoring")
+        if zstd_error:
+            raise BackupError(zstd_error)
+        argv = [pg_restore, "--exit-on-error", "--no-owner", "--no-privileges", "--dbname", target.dbname]
+        if clean:
+            argv += ["--clean", "--if-exists"]
+        source = dict(store=None, key=None)
+        if local is not None:
+            argv += ["--jobs", str(jobs), str(local)]
+        else:
+            source = dict(store=store, key=backup_key)
+        log(f"restoring {store.uri_for(backup_key)} into {target.describe()} ({mode})")
+        rc, lines = pg_restore_run(argv, target.libpq_env(), timeout=timeout, log=log, **source)
+        if rc != 0:
+            raise BackupError(f"pg_restore into {target.describe()} stopped at the first error: {last_error(lines)}")
+    finally:
+        if local is not None:
+            local.unlink(missing_ok=True)
+    return RestoreResult(manifest, mode, round(time.monotonic() - started, 3))
