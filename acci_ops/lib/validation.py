@@ -15,8 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +39,7 @@ from acci_ops.lib.scratch import (
     new_scratch_name,
     refuse_same_database,
 )
+from acci_ops.lib.steps import StepFailed, StepRecorder, StepResult
 
 Log = Callable[[str], None]
 REPORT_FORMAT = "acci-ops/pg-backup-validation"
@@ -70,14 +70,6 @@ class ValidationSettings:
             raise ConfigError(f"amcheck setting {self.amcheck!r} must be auto, off or required")
         if self.jobs < 1:
             raise ConfigError("validation restore jobs must be at least 1")
-
-
-@dataclass
-class StepResult:
-    name: str
-    status: str  # passed | failed | skipped
-    seconds: float = 0.0
-    detail: str = ""
 
 
 @dataclass
@@ -116,44 +108,10 @@ class ValidationReport:
         return next((s for s in self.steps if s.name == name), None)
 
     def markdown(self) -> str:
-        rows = [f"| {s.name} | {s.status} | {s.seconds:.2f} | {s.detail.replace('|', '/')} |" for s in self.steps]
         head = f"**{'PASSED' if self.ok else 'FAILED'}** `{self.backup_key}`"
         if self.failure:
             head += f"\n\n{self.failure}"
-        return head + "\n\n| step | status | seconds | detail |\n|---|---|---|---|\n" + "\n".join(rows)
-
-
-class _Stop(Exception):
-    """A step failed: skip the remaining steps (cleanup still runs)."""
-
-
-class _Run:
-    def __init__(self, report: ValidationReport, log: Log) -> None:
-        self.report, self.log = report, log
-
-    @contextmanager
-    def step(self, name: str) -> Iterator[StepResult]:
-        result = StepResult(name, "passed")
-        started = time.monotonic()
-        self.report.steps.append(result)
-        self.log(f"validation step {name} ...")
-        try:
-            yield result
-        except AcciOpsError as exc:
-            result.status, result.detail = "failed", str(exc)
-            raise _Stop() from None
-        except Exception as exc:  # noqa: BLE001 - an unexpected error still ends as a readable step
-            result.status, result.detail = "failed", " ".join(f"unexpected {type(exc).__name__}: {exc}".split())
-            raise _Stop() from None
-        finally:
-            result.seconds = round(time.monotonic() - started, 3)
-            self.log(f"validation step {name}: {result.status} in {result.seconds:.2f} s {result.detail}".rstrip())
-
-    def skip_rest(self, reason: str) -> None:
-        done = {s.name for s in self.report.steps}
-        for name in STEPS:
-            if name not in done and name != "cleanup":
-                self.report.steps.append(StepResult(name, "skipped", 0.0, reason))
+        return head + "\n\n" + StepRecorder(self.steps, print).markdown()
 
 
 def _compare_contents(manifest: BackupManifest, counts: dict[str, int], objects: dict[str, list[str]]) -> None:
@@ -194,7 +152,7 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
     settings = settings or ValidationSettings()
     report = ValidationReport(environment, backup_key, store.uri_for(backup_key),
                               started_at=datetime.now(UTC).isoformat())
-    run = _Run(report, log)
+    run = StepRecorder(report.steps, log, "validation step")
     t0 = time.monotonic()
     local_file: Path | None = None
     scratch_name: str | None = None
@@ -292,26 +250,24 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
                 step.status, step.detail = "skipped", "no assertions file configured"
             else:
                 _assertions(step, settings.assertions_file, target, manifest)
-    except _Stop:
-        run.skip_rest("an earlier step failed")
+    except StepFailed:
+        run.skip_rest([name for name in STEPS if name != "cleanup"], "an earlier step failed")
     finally:
         # Cleanup runs whatever happened; its own failure fails the validation but the first
         # failed step stays the reported cause.
-        try:
-            with run.step("cleanup") as step:
-                notes = []
-                if local_file is not None:
-                    local_file.unlink(missing_ok=True)
-                    notes.append("local file removed")
-                if scratch_name is not None:
-                    drop_scratch_database(scratch, scratch_name)
-                    notes.append(f"dropped {scratch_name}")
-                step.detail = ", ".join(notes) or "nothing to clean"
-        except _Stop:
-            pass
-        failures = [s for s in report.steps if s.status == "failed"]
-        report.ok = not failures and all(report.step(name) for name in STEPS)
-        report.failure = f"{failures[0].name}: {failures[0].detail}" if failures else None
+        def clean(step: StepResult) -> None:
+            notes = []
+            if local_file is not None:
+                local_file.unlink(missing_ok=True)
+                notes.append("local file removed")
+            if scratch_name is not None:
+                drop_scratch_database(scratch, scratch_name)
+                notes.append(f"dropped {scratch_name}")
+            step.detail = ", ".join(notes) or "nothing to clean"
+
+        run.cleanup("cleanup", clean)
+        report.failure = run.first_failure()
+        report.ok = report.failure is None and all(report.step(name) for name in STEPS)
         report.validation_seconds = round(time.monotonic() - t0, 3)
         report.finished_at = datetime.now(UTC).isoformat()
     return report
