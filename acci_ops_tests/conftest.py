@@ -17,6 +17,7 @@ from acci_ops_tests.servers import (
     start_denying_moto,
     start_moto,
     start_postgres,
+    start_redis,
 )
 
 
@@ -26,6 +27,13 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> PgServer:
     server = start_postgres(base)
     yield server
     server.pg.stop("immediate")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

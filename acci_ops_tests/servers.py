@@ -143,3 +143,35 @@ def start_denying_moto(log_path: Path) -> DeniedS3:
               "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"], "Resource": "*"}]}
     iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))
     return DeniedS3(endpoint, "acci-denied", key["AccessKeyId"], key["SecretAccessKey"], S3Server(endpoint, proc))
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def start_redis(workdir: Path) -> RedisServer:
+    binary = require("redis-server", "apt-get install -y redis-server")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=open(workdir / "redis.log", "wb"), stderr=subprocess.STDOUT)
+    import redis
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            redis.Redis(port=port, socket_connect_timeout=1).ping()
+            return RedisServer(port, proc)
+        except redis.RedisError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"redis-server did not start; see {workdir / 'redis.log'}") from None
+            time.sleep(0.1)
