@@ -1,0 +1,160 @@
+"""Platform backends and app probes.
+
+A Kubernetes cluster and a Docker engine are not available here: the Helm and Compose backends
+are tested by the exact commands they run (through a recording runner standing in for the
+real command runner), by the secrets staying out of argv, and by their config errors. The chart
+and Compose files themselves are linted and rendered for real in acci_ops_tests/deploy."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from acci_ops.lib.commands import CommandResult
+from acci_ops.lib.dburl import parse_database_url
+from acci_ops.lib.errors import AcciOpsError, ConfigError
+from acci_ops.lib.localpg import free_port
+from acci_ops.lib.platform import AppRuntime, ComposePlatform, HelmPlatform, LocalPlatform
+from acci_ops.lib.probes import check_metrics, wait_for_health
+
+SECRET = "db-Pa55-secret"
+RUNTIME = AppRuntime(parse_database_url(f"postgresql://acci:{SECRET}@db.internal:5432/acci"),
+                     "redis://:cache-secret@cache:6379/0")
+
+
+class Recorder:
+    """Stands in for run_command: records each call and what any values file held at that moment."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, argv, env=None, timeout=None, on_line=None, **kwargs) -> CommandResult:
+        files = {}
+        for i, arg in enumerate(argv):
+            if arg == "--values" and "secret-values" in argv[i + 1]:
+                path = Path(argv[i + 1])
+                files[arg] = (path.read_text(), stat.S_IMODE(path.stat().st_mode))
+        self.calls.append({"argv": list(argv), "env": dict(env or {}), "timeout": timeout, "files": files})
+        if "history" in argv and on_line:
+            on_line('[{"revision": 1, "status": "superseded"}, {"revision": 2, "status": "deployed"}]')
+        return CommandResult(tuple(argv), 0, 0.01, ())
+
+
+@pytest.fixture
+def chart(tmp_path) -> Path:
+    chart = tmp_path / "chart"
+    chart.mkdir()
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: acci-framework\nversion: 0.1.0\n")
+    (tmp_path / "dr-values.yaml").write_text("replicaCount: 1\n")
+    return chart
+
+
+def test_helm_commands(chart, tmp_path):
+    runner = Recorder()
+    helm = HelmPlatform(release="acci-framework", namespace="acci-drill-1", chart=str(chart),
+                        values_files=[str(tmp_path / "dr-values.yaml")], app_url="http://acci.{namespace}.test",
+                        helm="/opt/helm", kube_context="prod", timeout_seconds=300, runner=runner)
+    assert helm.up(RUNTIME, print) == "http://acci.acci-drill-1.test"
+    helm.rollback(1, print)
+    assert [h["revision"] for h in helm.history()] == [1, 2]
+    helm.down(print)
+    up, rollback, history, down = (c["argv"] for c in runner.calls)
+    secret_file = up[up.index("--values", up.index(str(tmp_path / "dr-values.yaml"))) + 1]
+    assert up == ["/opt/helm", "upgrade", "--install", "acci-framework", str(chart), "--namespace", "acci-drill-1",
+                  "--kube-context", "prod", "--create-namespace", "--values", str(tmp_path / "dr-values.yaml"),
+                  "--values", secret_file, "--wait", "--timeout", "300s", "--rollback-on-failure"]
+    assert rollback == ["/opt/helm", "rollback", "acci-framework", "1", "--namespace", "acci-drill-1",
+                        "--kube-context", "prod", "--wait"]
+    assert history == ["/opt/helm", "history", "acci-framework", "--namespace", "acci-drill-1", "--kube-context",
+                       "prod", "--output", "json"]
+    assert down == ["/opt/helm", "uninstall", "acci-framework", "--namespace", "acci-drill-1", "--kube-context",
+                    "prod", "--wait", "--timeout", "300s"]
+    content, mode = runner.calls[0]["files"]["--values"]
+    assert SECRET in content and mode == 0o600
+    assert not Path(secret_file).exists()
+    assert all(SECRET not in " ".join(c["argv"]) for c in runner.calls)
+
+
+def test_compose_commands(tmp_path):
+    base, prod = tmp_path / "docker-compose.yml", tmp_path / "docker-compose.prod.yml"
+    base.write_text("services: {}\n")
+    prod.write_text("services: {}\n")
+    runner = Recorder()
+    compose = ComposePlatform(project="acci-drill", files=[str(base), str(prod)], runner=runner)
+    assert compose.up(RUNTIME, print) == "http://127.0.0.1:8080"
+    compose.down(print)
+    up, down = runner.calls
+    assert up["argv"] == ["docker", "compose", "--project-name", "acci-drill", "--file", str(base), "--file",
+                          str(prod), "up", "--detach", "--wait", "--wait-timeout", "600"]
+    assert up["env"]["DATABASE_URL"] == f"postgresql://acci:{SECRET}@db.internal:5432/acci"
+    assert SECRET not in " ".join(up["argv"])
+    assert down["argv"][-3:] == ["down", "--volumes", "--remove-orphans"]
+
+
+def test_bad_platform_config(tmp_path):
+    with pytest.raises(ConfigError, match=f"Helm chart {tmp_path} not found"):
+        HelmPlatform(release="r", namespace="n", chart=str(tmp_path), app_url="http://x")
+    with pytest.raises(ConfigError, match="Compose file /nope.yml not found"):
+        ComposePlatform(project="p", files=["/nope.yml"])
+    with pytest.raises(ConfigError, match="needs the command that starts the app"):
+        LocalPlatform("")
+    with pytest.raises(ConfigError, match="cannot start the app: /no/such/binary not found"):
+        LocalPlatform(["/no/such/binary"]).up(RUNTIME, print)
+
+
+class App:
+    def __init__(self, health_codes: list[int], metrics: bytes) -> None:
+        codes = list(health_codes)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                status, body = (codes.pop(0) if len(codes) > 1 else codes[0], b"{}") if self.path == "/health" \
+                    else (200, metrics)
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_health_retries_until_ready_and_metrics_parse():
+    app = App([503, 503, 200], b"# TYPE acci_up gauge\nacci_up 1\nacci_requests_total 5\n")
+    try:
+        health = wait_for_health(app.url, deadline_seconds=10, first_delay=0.05, log=lambda line: None)
+        assert health.status == 200 and health.attempts == 3
+        metrics = check_metrics(app.url, ["acci_up"])
+        assert metrics.families == 2 and "acci_up 1" in metrics.sample_text
+        with pytest.raises(AcciOpsError, match="lacks required metrics: acci_db_pool_size"):
+            check_metrics(app.url, ["acci_up", "acci_db_pool_size"])
+    finally:
+        app.server.shutdown()
+
+
+def test_metrics_that_are_not_prometheus_text():
+    app = App([200], b"<html>hello</html>\n")
+    try:
+        with pytest.raises(AcciOpsError, match="is not Prometheus exposition format"):
+            check_metrics(app.url)
+    finally:
+        app.server.shutdown()
+
+
+def test_unreachable_or_malformed_app_url():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(AcciOpsError, match=r"/health did not answer 2xx within 1 s \(\d+ attempts\); last: unreachable"):
+        wait_for_health(url, deadline_seconds=1, first_delay=0.2, log=lambda line: None)
+    with pytest.raises(AcciOpsError, match="/metrics is unreachable"):
+        check_metrics(url)
+    with pytest.raises(ConfigError, match="app URL 'api.acci.dev' must look like http"):
+        wait_for_health("api.acci.dev")
+    assert os.environ.get("PGPASSWORD") is None
