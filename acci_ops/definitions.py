@@ -19,7 +19,8 @@ from acci_ops.defs.backups.jobs import (
     build_retention_schedule,
 )
 from acci_ops.defs.backups.retention import build_retention_job
-from acci_ops.defs.resources import AlertWebhook, environment_resource, resource_key
+from acci_ops.defs.dr.jobs import build_drill_job, build_drill_schedule, build_recovery_job, drill_asset_specs
+from acci_ops.defs.resources import AlertWebhook, dr_resource, dr_resource_key, environment_resource, resource_key
 from acci_ops.defs.validation.checks import (
     build_restore_check,
     build_validated_asset,
@@ -42,6 +43,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     resources: dict[str, object] = {}
     for spec in settings.environments:
         resources[resource_key(spec.name)] = environment_resource(spec)
+        if spec.dr:
+            resources[dr_resource_key(spec.name)] = dr_resource(spec)
         assets.append(build_backup_asset(spec, settings))
         backup_keys.append(backup_asset_key(spec, settings))
         if spec.offsite:
@@ -65,6 +68,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs += [validate, cleanup]
         schedules.append(build_scratch_cleanup_schedule(cleanup, settings))
         sensors.append(build_validation_sensor(settings, validate))
+    if any(spec.dr for spec in settings.environments):
+        jobs.append(build_recovery_job(settings))
+        if any(spec.dr and spec.validates for spec in settings.environments):
+            drill = build_drill_job(settings)
+            jobs.append(drill)
+            schedules.append(build_drill_schedule(drill, settings))
+            assets += drill_asset_specs(settings)
     webhook_set = bool(os.environ.get("ACCI_ALERT_WEBHOOK_URL"))
     resources["alert_webhook"] = AlertWebhook(url=dg.EnvVar("ACCI_ALERT_WEBHOOK_URL") if webhook_set else None)
     return dg.Definitions(

@@ -38,6 +38,42 @@ class OffsiteSpec:
     kms_key_id: str | None = None
 
 
+PLATFORMS = ("local", "helm", "compose")
+DEFAULT_COMPOSE_FILES = ("deploy/compose/docker-compose.yml", "deploy/compose/docker-compose.prod.yml")
+
+
+@dataclass(frozen=True)
+class DrSpec:
+    """How an environment is deployed and verified, for DR drills and on-call recovery."""
+
+    platform: str = "local"
+    app_url: str | None = None
+    redis_url_env: str | None = None
+    drill_redis_url_env: str | None = None
+    local_command: str | None = None
+    helm_release: str = "acci-framework"
+    helm_namespace: str = "acci"
+    helm_chart: str = "deploy/helm/acci-framework"
+    helm_dr_values: str = "deploy/helm/dr-values.yaml"
+    helm_drill_values: str = "deploy/helm/drill-values.yaml"
+    helm_drill_app_url: str = "http://acci-framework.{namespace}.svc.cluster.local:8080"
+    compose_files: tuple[str, ...] = DEFAULT_COMPOSE_FILES
+    compose_project: str = "acci"
+    compose_drill_app_url: str = "http://127.0.0.1:8080"
+    required_metrics: tuple[str, ...] = ()
+    rto_target_minutes: float = 30
+    rpo_target_hours: float = 26
+    health_deadline_seconds: float = 300
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORMS:
+            raise ConfigError(f"platform {self.platform!r} is not a backend; use one of {', '.join(PLATFORMS)}")
+        if self.platform == "local" and not self.local_command:
+            raise ConfigError("the local platform needs ACCI_LOCAL_APP_COMMAND (the command that starts the app)")
+        if not self.drill_redis_url_env:
+            raise ConfigError("DR needs a Redis for drills: set ACCI_DRILL_REDIS_URL (never production's Redis)")
+
+
 @dataclass(frozen=True)
 class EnvironmentSpec:
     name: str
@@ -49,6 +85,7 @@ class EnvironmentSpec:
     offsite: OffsiteSpec | None = None
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     scratch_database_url_env: str | None = None  # validation is on when this variable is set
+    dr: DrSpec | None = None  # DR drills and recovery are on when a platform is configured
 
     @property
     def validates(self) -> bool:
@@ -134,6 +171,55 @@ def _scratch_env(name: object, where: str, environ: Mapping[str, str]) -> str | 
     return name
 
 
+def _dr_from_environ(environ: Mapping[str, str]) -> DrSpec | None:
+    platform = environ.get("ACCI_PLATFORM", "").strip()
+    if not platform:
+        return None
+    try:
+        metrics = tuple(m.strip() for m in environ.get("ACCI_REQUIRED_METRICS", "").split(",") if m.strip())
+        files = tuple(f.strip() for f in environ.get("ACCI_COMPOSE_FILES", "").split(",") if f.strip())
+        optional = {
+            "helm_release": environ.get("ACCI_HELM_RELEASE"), "helm_namespace": environ.get("ACCI_HELM_NAMESPACE"),
+            "helm_chart": environ.get("ACCI_HELM_CHART"), "helm_dr_values": environ.get("ACCI_HELM_DR_VALUES"),
+            "helm_drill_values": environ.get("ACCI_HELM_DRILL_VALUES"),
+            "helm_drill_app_url": environ.get("ACCI_HELM_DRILL_APP_URL"),
+            "compose_project": environ.get("ACCI_COMPOSE_PROJECT"),
+            "compose_drill_app_url": environ.get("ACCI_COMPOSE_DRILL_APP_URL"),
+        }
+        return DrSpec(
+            platform=platform, app_url=environ.get("ACCI_APP_URL") or None,
+            redis_url_env=_if_set(environ, "ACCI_REDIS_URL"),
+            drill_redis_url_env=_if_set(environ, "ACCI_DRILL_REDIS_URL"),
+            local_command=environ.get("ACCI_LOCAL_APP_COMMAND") or None,
+            compose_files=files or DEFAULT_COMPOSE_FILES, required_metrics=metrics,
+            rto_target_minutes=float(environ.get("ACCI_RTO_TARGET_MINUTES") or 30),
+            rpo_target_hours=float(environ.get("ACCI_RPO_TARGET_HOURS") or 26),
+            health_deadline_seconds=float(environ.get("ACCI_HEALTH_DEADLINE_SECONDS") or 300),
+            **{k: v for k, v in optional.items() if v},
+        )
+    except ValueError as exc:
+        raise ConfigError(f"DR settings: {exc}") from None
+
+
+def _dr_from_yaml(raw: object, where: str) -> DrSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"dr in {where} must be a mapping")
+    known = set(DrSpec.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"dr in {where} has unknown keys {sorted(unknown)}")
+    values = dict(raw)
+    for listed in ("compose_files", "required_metrics"):
+        if listed in values:
+            values[listed] = tuple(values[listed])
+    try:
+        return DrSpec(**values)
+    except TypeError as exc:
+        raise ConfigError(f"dr in {where}: {exc}") from None
+
+
 def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentSpec], str | None]:
     try:
         doc = yaml.safe_load(Path(path).read_text())
@@ -153,7 +239,7 @@ def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentS
         if not isinstance(body, dict):
             raise ConfigError(f"{where} must be a mapping")
         allowed = {"database_url_env", "backup_url", "sse", "kms_key_id", "offsite", "retention",
-                   "scratch_database_url_env"}
+                   "scratch_database_url_env", "dr"}
         unknown = set(body) - allowed
         if unknown:
             raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -168,6 +254,7 @@ def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentS
             sse=body.get("sse") or "none", kms_key_id=body.get("kms_key_id"),
             offsite=_offsite(body.get("offsite"), where), retention=_retention(body.get("retention"), where),
             scratch_database_url_env=_scratch_env(body.get("scratch_database_url_env"), where, environ),
+            dr=_dr_from_yaml(body.get("dr"), where),
         ))
     tz = doc.get("timezone")
     return specs, str(tz) if tz else None
@@ -208,5 +295,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         retention=RetentionPolicy(_int(environ, "ACCI_RETENTION_DAILY", 7), _int(environ, "ACCI_RETENTION_WEEKLY", 4),
                                   _int(environ, "ACCI_RETENTION_MONTHLY", 12)),
         scratch_database_url_env=_if_set(environ, "ACCI_SCRATCH_DATABASE_URL"),
+        dr=_dr_from_environ(environ),
     )
     return Settings((spec,), _check_timezone(environ.get("ACCI_TIMEZONE", "").strip() or "UTC"), start)

@@ -2,6 +2,7 @@
 
 
 import os
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
@@ -11,6 +12,7 @@ from acci_ops.lib.dburl import DatabaseTarget, parse_database_url
 from acci_ops.lib.errors import ConfigError
 from acci_ops.lib.objectstore import Encryption, ObjectStore, S3Store, open_store
 from acci_ops.lib.pgdump import BackupSettings
+from acci_ops.lib.platform import ComposePlatform, HelmPlatform, LocalPlatform, Platform
 from acci_ops.lib.validation import ValidationSettings
 from acci_ops.settings import EnvironmentSpec
 
@@ -123,3 +125,71 @@ class AlertWebhook(dg.ConfigurableResource):
             return False
         post_webhook(self.url, text, timeout=self.timeout_seconds)
         return True
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _path(value: str) -> str:
+    """Chart and Compose paths are relative to the acci_ops checkout unless absolute."""
+    return value if os.path.isabs(value) else str(PROJECT_ROOT / value)
+
+
+class AcciDisasterRecovery(dg.ConfigurableResource):
+    """How one environment is deployed and verified, for drills and on-call recovery."""
+
+    environment: str = Field(description="Environment name.")
+    platform: str = Field(description="local, helm or compose.")
+    app_url: str | None = Field(default=None, description="The environment's public app URL (verified after DR).")
+    redis_url: str | None = Field(default=None, description="The environment's Redis (FLUSHALL after a restore).")
+    drill_redis_url: str = Field(description="A Redis database for drills, never production's.")
+    local_command: str | None = Field(default=None, description="Command that starts the app (local backend).")
+    helm: str = Field(default="helm", description="helm binary.")
+    helm_release: str = Field(default="acci-framework", description="Helm release name.")
+    helm_namespace: str = Field(default="acci", description="Namespace of the environment's release.")
+    helm_chart: str = Field(default="deploy/helm/acci-framework", description="Chart directory.")
+    helm_dr_values: str = Field(default="deploy/helm/dr-values.yaml", description="Values for DR installs.")
+    helm_drill_values: str = Field(default="deploy/helm/drill-values.yaml", description="Values for drills.")
+    helm_drill_app_url: str = Field(default="", description="URL of a drill release; {namespace} is replaced.")
+    compose_files: list[str] = Field(default_factory=list, description="Compose files (base, then prod override).")
+    compose_project: str = Field(default="acci", description="Compose project of the environment.")
+    compose_drill_app_url: str = Field(default="http://127.0.0.1:8080", description="URL of a drill project.")
+    required_metrics: list[str] = Field(default_factory=list, description="Metric names /metrics must expose.")
+    rto_target_minutes: float = Field(default=30, description="Drill fails when RTO exceeds this.")
+    rpo_target_hours: float = Field(default=26, description="Drill fails when RPO exceeds this.")
+    health_deadline_seconds: float = Field(default=300, description="How long /health may take to answer 2xx.")
+
+    def platform_for(self, *, drill: bool, stamp: str = "") -> Platform:
+        if self.platform == "local":
+            return LocalPlatform(self.local_command or "", cwd=str(PROJECT_ROOT))
+        if self.platform == "helm":
+            namespace = f"{self.helm_namespace}-drill-{stamp}" if drill else self.helm_namespace
+            values = _path(self.helm_drill_values if drill else self.helm_dr_values)
+            url = self.helm_drill_app_url if drill else (self.app_url or "")
+            return HelmPlatform(release=self.helm_release, namespace=namespace, chart=_path(self.helm_chart),
+                                values_files=[values], app_url=url, helm=self.helm)
+        if self.platform == "compose":
+            project = f"{self.compose_project}-drill-{stamp}" if drill else self.compose_project
+            url = self.compose_drill_app_url if drill else (self.app_url or "http://127.0.0.1:8080")
+            return ComposePlatform(project=project, files=[_path(f) for f in self.compose_files], app_url=url)
+        raise ConfigError(f"platform {self.platform!r} is not a backend; use local, helm or compose")
+
+
+def dr_resource(spec: EnvironmentSpec) -> AcciDisasterRecovery:
+    dr = spec.dr
+    return AcciDisasterRecovery(
+        environment=spec.name, platform=dr.platform, app_url=dr.app_url,
+        redis_url=dg.EnvVar(dr.redis_url_env) if dr.redis_url_env else None,
+        drill_redis_url=dg.EnvVar(dr.drill_redis_url_env), local_command=dr.local_command,
+        helm=os.environ.get("ACCI_HELM_BIN") or "helm", helm_release=dr.helm_release,
+        helm_namespace=dr.helm_namespace, helm_chart=dr.helm_chart, helm_dr_values=dr.helm_dr_values,
+        helm_drill_values=dr.helm_drill_values, helm_drill_app_url=dr.helm_drill_app_url,
+        compose_files=list(dr.compose_files), compose_project=dr.compose_project,
+        compose_drill_app_url=dr.compose_drill_app_url, required_metrics=list(dr.required_metrics),
+        rto_target_minutes=dr.rto_target_minutes, rpo_target_hours=dr.rpo_target_hours,
+        health_deadline_seconds=dr.health_deadline_seconds,
+    )
+
+
+def dr_resource_key(environment: str) -> str:
+    return f"acci_dr_{environment}"

@@ -141,6 +141,9 @@ def run_backup(*, environment: str, target: DatabaseTarget, store: ObjectStore, 
     store.check_writable()
 
     conn = connect(target, connect_timeout=settings.connect_timeout)
+    # Autocommit, so the explicit BEGIN below really opens the snapshot transaction (otherwise the
+    # first query would already have started a READ COMMITTED one and the isolation would be lost).
+    conn.autocommit = True
     try:
         server_num = conn.info.server_version
         server_major = server_num // 10000

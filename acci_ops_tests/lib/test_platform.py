@@ -151,7 +151,8 @@ def test_metrics_that_are_not_prometheus_text():
 
 def test_unreachable_or_malformed_app_url():
     url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(AcciOpsError, match=r"/health did not answer 2xx within 1 s \(\d+ attempts\); last: unreachable"):
+    expected = r"/health did not answer 2xx within 1 s \(\d+ attempts\); last: unreachable"
+    with pytest.raises(AcciOpsError, match=expected):
         wait_for_health(url, deadline_seconds=1, first_delay=0.2, log=lambda line: None)
     with pytest.raises(AcciOpsError, match="/metrics is unreachable"):
         check_metrics(url)
