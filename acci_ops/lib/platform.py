@@ -152,8 +152,13 @@ class ComposePlatform(Platform):
         return argv
 
     def up(self, runtime: AppRuntime, log: Log) -> str:
+        # The guide's Compose stack runs its own PostgreSQL: it is created with the credentials of the
+        # database acci_ops restores into (which must be that service, published to acci_ops).
+        db = runtime.database
+        env = {**runtime.env(), "POSTGRES_USER": db.user or "acci", "POSTGRES_DB": db.dbname,
+               "POSTGRES_PASSWORD": db.password or ""}
         self.runner(self._base() + ["up", "--detach", "--wait", "--wait-timeout", str(self.timeout_seconds)],
-                    env=runtime.env(), timeout=self.timeout_seconds + 60, on_line=log)
+                    env=env, timeout=self.timeout_seconds + 60, on_line=log)
         return self.app_url
 
     def down(self, log: Log) -> None:

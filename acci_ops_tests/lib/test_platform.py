@@ -92,6 +92,7 @@ def test_compose_commands(tmp_path):
     assert up["argv"] == ["docker", "compose", "--project-name", "acci-drill", "--file", str(base), "--file",
                           str(prod), "up", "--detach", "--wait", "--wait-timeout", "600"]
     assert up["env"]["DATABASE_URL"] == f"postgresql://acci:{SECRET}@db.internal:5432/acci"
+    assert up["env"]["POSTGRES_PASSWORD"] == SECRET and up["env"]["POSTGRES_USER"] == "acci"
     assert SECRET not in " ".join(up["argv"])
     assert down["argv"][-3:] == ["down", "--volumes", "--remove-orphans"]
 
@@ -159,3 +160,27 @@ def test_unreachable_or_malformed_app_url():
     with pytest.raises(ConfigError, match="app URL 'api.acci.dev' must look like http"):
         wait_for_health("api.acci.dev")
     assert os.environ.get("PGPASSWORD") is None
+
+
+def test_resource_builds_backends_from_the_real_deploy_files(monkeypatch):
+    """The Dagster resource points the helm and compose backends at deploy/ (checked to exist),
+    with drill-values and a drill namespace/project for drills and dr-values for recovery."""
+    from acci_ops.defs.resources import PROJECT_ROOT, AcciDisasterRecovery
+
+    base = dict(environment="production", drill_redis_url="redis://127.0.0.1:6379/5", app_url="https://api.acci.test",
+                compose_files=["deploy/compose/docker-compose.yml", "deploy/compose/docker-compose.prod.yml"])
+    helm = AcciDisasterRecovery(platform="helm", helm_drill_app_url="http://acci.{namespace}.svc:8080", **base)
+    drill = helm.platform_for(drill=True, stamp="20261127")
+    assert drill.namespace == "acci-drill-20261127"
+    assert drill.values_files == [str(PROJECT_ROOT / "deploy/helm/drill-values.yaml")]
+    assert drill.chart == str(PROJECT_ROOT / "deploy/helm/acci-framework")
+    recovery = helm.platform_for(drill=False)
+    assert recovery.namespace == "acci" and recovery.values_files == [str(PROJECT_ROOT / "deploy/helm/dr-values.yaml")]
+    assert recovery.app_url == "https://api.acci.test"
+    compose = AcciDisasterRecovery(platform="compose", **base).platform_for(drill=True, stamp="1")
+    assert compose.project == "acci-drill-1" and compose.files[1].endswith("deploy/compose/docker-compose.prod.yml")
+    with pytest.raises(ConfigError, match="platform 'k8s' is not a backend; use local, helm or compose"):
+        AcciDisasterRecovery(platform="k8s", **base).platform_for(drill=True)
+    missing = AcciDisasterRecovery(platform="helm", helm_chart="deploy/helm/nope", **base)
+    with pytest.raises(ConfigError, match=r"Helm chart .*deploy/helm/nope not found \(no Chart.yaml there\)"):
+        missing.platform_for(drill=False)

@@ -96,3 +96,32 @@ def test_missing_file_and_bad_timezone(tmp_path):
         load_settings({"ACCI_ENVIRONMENTS_FILE": str(tmp_path / "nope.yaml")})
     with pytest.raises(ConfigError, match="'Mars/Olympus' is not a known IANA time zone"):
         load_settings({"ACCI_TIMEZONE": "Mars/Olympus"})
+
+
+def test_dr_settings_from_variables():
+    env = {"ACCI_PLATFORM": "helm", "ACCI_DRILL_REDIS_URL": "redis://r/5", "ACCI_REDIS_URL": "redis://r/0",
+           "ACCI_APP_URL": "https://api.acci.test", "ACCI_REQUIRED_METRICS": "acci_up, http_requests_total",
+           "ACCI_HELM_NAMESPACE": "acci-prod", "ACCI_RTO_TARGET_MINUTES": "15"}
+    dr = load_settings(env).environments[0].dr
+    assert dr.platform == "helm" and dr.helm_namespace == "acci-prod" and dr.rto_target_minutes == 15
+    assert dr.required_metrics == ("acci_up", "http_requests_total")
+    assert dr.redis_url_env == "ACCI_REDIS_URL" and dr.drill_redis_url_env == "ACCI_DRILL_REDIS_URL"
+    assert load_settings({}).environments[0].dr is None
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"ACCI_PLATFORM": "k8s", "ACCI_DRILL_REDIS_URL": "redis://r/5"},
+         "platform 'k8s' is not a backend; use one of local, helm, compose"),
+        ({"ACCI_PLATFORM": "local", "ACCI_DRILL_REDIS_URL": "redis://r/5"},
+         "the local platform needs ACCI_LOCAL_APP_COMMAND"),
+        ({"ACCI_PLATFORM": "helm"}, "DR needs a Redis for drills: set ACCI_DRILL_REDIS_URL"),
+        ({"ACCI_PLATFORM": "helm", "ACCI_DRILL_REDIS_URL": "redis://r/5", "ACCI_RTO_TARGET_MINUTES": "soon"},
+         "DR settings: could not convert string to float: 'soon'"),
+    ],
+)
+def test_bad_dr_settings(env, expected):
+    with pytest.raises(ConfigError) as failure:
+        load_settings(env)
+    assert expected in str(failure.value)
