@@ -120,6 +120,16 @@ def _verify(
     step.detail = f"/health HTTP {health.status} after {health.attempts} attempts; /metrics {metrics.families} families"
 
 
+def _restore(report: ProcedureReport, store: ObjectStore, target: DatabaseTarget, start: datetime,
+             step: StepResult, *, clean: bool, log: Log) -> None:
+    """The data step; the RPO is the procedure's start minus the backup's snapshot."""
+    restored = restore_backup(store, report.backup_key, target, clean=clean, log=log)
+    report.snapshot_at = restored.manifest.snapshot_at
+    report.rpo_seconds = round((start - datetime.fromisoformat(restored.manifest.snapshot_at)).total_seconds(), 1)
+    step.detail = (f"{restored.manifest.total_rows} rows into {target.describe()} ({restored.mode}) "
+                   f"in {restored.seconds:.1f} s")
+
+
 def _finish(report: ProcedureReport, recorder: StepRecorder, targets: Targets | None, t0: float) -> None:
     report.failure = recorder.first_failure()
     if report.failure is None and targets is not None:
@@ -181,12 +191,7 @@ def run_drill(
             base_url = platform.up(AppRuntime(target, drill_redis_url), log)
             step.detail = f"{platform.describe()} at {base_url}"
         with recorder.step("restore") as step:
-            restored = restore_backup(store, backup_key, target, log=log)
-            report.snapshot_at = restored.manifest.snapshot_at
-            report.rpo_seconds = round(
-                (start - datetime.fromisoformat(restored.manifest.snapshot_at)).total_seconds(), 1
-            )
-            step.detail = f"{restored.manifest.total_rows} rows ({restored.mode}) in {restored.seconds:.1f} s"
+            _restore(report, store, target, start, step, clean=False, log=log)
         with recorder.step("cache") as step:
             step.detail = (
                 cache.flush(drill_redis_url, everything=True, protect=production_redis_url)
@@ -251,12 +256,7 @@ def run_recovery(
                 base_url = platform.up(AppRuntime(database, redis_url), log)
                 step.detail = f"{platform.describe()} at {base_url}"
         with recorder.step("restore") as step:
-            restored = restore_backup(store, backup_key, database, clean=True, log=log)
-            report.snapshot_at = restored.manifest.snapshot_at
-            report.rpo_seconds = round(
-                (start - datetime.fromisoformat(restored.manifest.snapshot_at)).total_seconds(), 1
-            )
-            step.detail = f"{restored.manifest.total_rows} rows into {database.describe()} in {restored.seconds:.1f} s"
+            _restore(report, store, database, start, step, clean=True, log=log)
         with recorder.step("cache") as step:
             step.detail = cache.flush(redis_url, everything=True) + f" on {cache.describe(redis_url)}"
         with recorder.step("verify") as step:

@@ -103,6 +103,48 @@ def last_error(lines: list[str]) -> str:
 
 
 @dataclass(frozen=True)
+class Fetched:
+    """One pass over the stored object: its hash and size, and where it was decompressed to."""
+
+    local_file: Path | None
+    sha256: str
+    size: int
+    zstd_error: str | None
+
+    def check(self, manifest: BackupManifest) -> None:
+        """The object is exactly what the manifest describes, and decompresses."""
+        if self.size != manifest.stored_bytes:
+            raise BackupError(f"object is {self.size} bytes but the manifest says {manifest.stored_bytes} "
+                              "(truncated or replaced)")
+        if self.sha256 != manifest.sha256:
+            raise BackupError(f"object sha256 {self.sha256[:16]}… does not match the manifest's "
+                              f"{manifest.sha256[:16]}… (corrupted or replaced)")
+        if self.zstd_error:
+            raise BackupError(self.zstd_error)
+
+
+def fetch_archive(store: ObjectStore, key: str, *, to_dir: str | None) -> Fetched:
+    """Read the object once, hashing it; with ``to_dir``, decompress it into a local file there
+    (for ``pg_restore -j``), which the caller removes. Without it nothing touches the disk."""
+    local: Path | None = None
+    out = None
+    if to_dir is not None:
+        fd, name = tempfile.mkstemp(prefix="acci-restore-", suffix=".dump", dir=to_dir)
+        local = Path(name)
+        out = os.fdopen(fd, "wb")
+    try:
+        digest, size, error = stream_object(store, key, out.write if out else None)
+    except BaseException:
+        if local is not None:
+            local.unlink(missing_ok=True)
+        raise
+    finally:
+        if out is not None:
+            out.close()
+    return Fetched(local, digest, size, error)
+
+
+@dataclass(frozen=True)
 class RestoreResult:
     manifest: BackupManifest
     mode: str
@@ -122,23 +164,13 @@ def restore_backup(store: ObjectStore, backup_key: str, target: DatabaseTarget, 
     fits = shutil.disk_usage(work).free >= manifest.dump_bytes + reserve_bytes
     mode = "parallel" if fits else "stream"
     started = time.monotonic()
-    local: Path | None = None
+    fetched = fetch_archive(store, backup_key, to_dir=work if fits else None)
+    local = fetched.local_file
     try:
-        sink = None
-        if fits:
-            fd, name = tempfile.mkstemp(prefix="acci-restore-", suffix=".dump", dir=work)
-            local = Path(name)
-            out = os.fdopen(fd, "wb")
-            sink = out.write
         try:
-            digest, size, zstd_error = stream_object(store, backup_key, sink)
-        finally:
-            if sink:
-                out.close()
-        if size != manifest.stored_bytes or digest != manifest.sha256:
-            raise BackupError(f"{store.uri_for(backup_key)} does not match its manifest (sha256/size); not restoring")
-        if zstd_error:
-            raise BackupError(zstd_error)
+            fetched.check(manifest)
+        except BackupError as exc:
+            raise BackupError(f"{store.uri_for(backup_key)}: {exc}; not restoring") from None
         argv = [pg_restore, "--exit-on-error", "--no-owner", "--no-privileges", "--dbname", target.dbname]
         if clean:
             argv += ["--clean", "--if-exists"]

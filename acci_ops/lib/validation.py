@@ -9,7 +9,6 @@ outcome is one report (stored beside the manifest) with one readable line when i
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ from acci_ops.lib.layout import BackupKey, parse_dump_key
 from acci_ops.lib.manifest import BackupManifest
 from acci_ops.lib.objectstore import MiB, ObjectStore
 from acci_ops.lib.pgdump import explain_pg_error
-from acci_ops.lib.restore import last_error, pg_restore_run, stream_object
+from acci_ops.lib.restore import fetch_archive, last_error, pg_restore_run
 from acci_ops.lib.scratch import (
     create_scratch_database,
     drop_scratch_database,
@@ -177,26 +176,10 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
                 raise BackupError(f"not enough free disk in {work_dir} for a parallel restore: need "
                                   f"{need / 1e6:.0f} MB, {free / 1e6:.0f} MB free (or set the mode to stream)")
             report.mode = "parallel" if settings.mode == "parallel" or (settings.mode == "auto" and fits) else "stream"
-            sink = None
-            if report.mode == "parallel":
-                fd, name = tempfile.mkstemp(prefix="acci-validate-", suffix=".dump", dir=work_dir)
-                local_file = Path(name)
-                out = os.fdopen(fd, "wb")
-                sink = out.write
-            try:
-                digest, size, zstd_error = stream_object(store, backup_key, sink)
-            finally:
-                if sink:
-                    out.close()
-            if size != manifest.stored_bytes:
-                raise BackupError(f"object is {size} bytes but the manifest says {manifest.stored_bytes} "
-                                  "(truncated or replaced)")
-            if digest != manifest.sha256:
-                raise BackupError(f"object sha256 {digest[:16]}… does not match the manifest's "
-                                  f"{manifest.sha256[:16]}… (corrupted or replaced)")
-            if zstd_error:
-                raise BackupError(zstd_error)
-            step.detail = f"sha256 and size match ({size} bytes); restore mode {report.mode}"
+            fetched = fetch_archive(store, backup_key, to_dir=work_dir if report.mode == "parallel" else None)
+            local_file = fetched.local_file
+            fetched.check(manifest)
+            step.detail = f"sha256 and size match ({fetched.size} bytes); restore mode {report.mode}"
 
         remaining = lambda: max(1.0, settings.timeout_seconds - (time.monotonic() - t0))  # noqa: E731
         # Streaming mode feeds pg_restore the decompressed object on stdin; parallel mode names the file.

@@ -91,7 +91,7 @@ def test_drill_of_a_corrupt_backup_fails_but_records_and_tears_down(dr_env, inst
     assert not result.success
     [materialization] = drill_events(result)
     assert materialization.metadata["passed"].value is False
-    assert "does not match its manifest" in materialization.metadata["failure"].value
+    assert "does not match the manifest's" in materialization.metadata["failure"].value
     assert "| teardown | passed |" in materialization.metadata["report"].value
     assert list_scratch_databases(parse_database_url(scratch_url)) == []
 
