@@ -294,8 +294,8 @@ def main() -> int:
             if label == "base":
                 bench.s3.create_bucket(Bucket=BUCKET)
             log("")
-            log(f"pass {label}: database {dbname}, {size:,.0f} MB "
-                f"(pgbench -s {pgbench_scale} + {text_rows:,} text rows)")
+            log(f"pass {label}: database {dbname}, {size:,.0f} MB (pgbench -s {pgbench_scale} + {text_rows:,} "
+                f"text rows); load average {os.getloadavg()[0]:.2f}")
             rows_out, meta = bench.run(["floor", "guide", "custom", "acci_ops"])
             results[f"{label} ({size:,.0f} MB)"] = (rows_out, meta)
             print_table(f"Results, {label} pass: {dbname}, {size:,.0f} MB database", rows_out, meta)

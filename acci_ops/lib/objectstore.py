@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from acci_ops.lib.errors import BackupError, ConfigError, TransientError
 
 MiB = 1024 * 1024
-DEFAULT_PART_SIZE = 16 * MiB
+DEFAULT_PART_SIZE = 8 * MiB
 _PARTIAL_MARK = ".partial-"
 
 
