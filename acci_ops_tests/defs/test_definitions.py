@@ -101,3 +101,19 @@ def test_dagster_yaml_configures_the_local_instance(tmp_path, monkeypatch):
         assert type(instance.run_storage).__name__ == "SqliteRunStorage"
         assert str(home) in instance.run_storage._conn_string  # noqa: SLF001
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+
+
+def test_workspace_loads_with_the_dagster_cli(tmp_path):
+    """What `dagster dev` loads: workspace.yaml -> acci_ops.definitions, validated by Dagster's CLI."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCI_")}
+    env["DAGSTER_HOME"] = str(tmp_path)
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    cli = Path(sys.executable).parent / "dagster"
+    result = subprocess.run([str(cli), "definitions", "validate", "-w", "workspace.yaml"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Validation successful for code location acci_ops" in result.stderr + result.stdout
