@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 
@@ -30,28 +32,49 @@ from acci_ops.lib.objectstore import MiB, ObjectStore
 Log = Callable[[str], None]
 
 
-def stream_object(store: ObjectStore, key: str, sink: Callable[[bytes], None] | None) -> tuple[str, int, str | None]:
-    """Read the object once: hash every byte, optionally feed the decompressed bytes to ``sink``.
+def stream_object(store: ObjectStore, key: str, sink: BinaryIO | None) -> tuple[str, int, str | None]:
+    """Read the object once: hash every byte and, with a ``sink``, write the decompressed bytes to it.
 
-    A decompression error does not stop the hashing, so a damaged object is reported by its
-    checksum (the more fundamental fact) rather than by whatever zstd made of it."""
-    digest, size, error = hashlib.sha256(), 0, None
-    decompressor = zstandard.ZstdDecompressor().decompressobj() if sink else None
-    with store.open_read(key) as body:
-        while True:
-            chunk = body.read(4 * MiB)
-            if not chunk:
-                break
-            digest.update(chunk)
-            size += len(chunk)
-            if decompressor is not None and error is None:
-                try:
-                    out = decompressor.decompress(chunk)
-                    if out:
-                        sink(out)
-                except zstandard.ZstdError as exc:
-                    error = f"object is not a valid zstd stream: {exc}"
-    return digest.hexdigest(), size, error
+    Reading and hashing run on this thread, decompressing and writing on another (both release the
+    GIL), joined by a small bounded queue, so memory stays at a few chunks and the two overlap. A
+    decompression error does not stop the hashing: a damaged object is reported by its checksum (the
+    more fundamental fact) rather than by whatever zstd made of it."""
+    digest, size = hashlib.sha256(), 0
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+    errors: list[str] = []
+
+    def decompress() -> None:
+        writer = zstandard.ZstdDecompressor().stream_writer(sink, write_size=1 << 20, closefd=False)
+        while (chunk := chunks.get()) is not None:
+            if errors:
+                continue  # keep draining so the reader never blocks
+            try:
+                writer.write(chunk)
+            except zstandard.ZstdError as exc:
+                errors.append(f"object is not a valid zstd stream: {exc}")
+            except OSError as exc:
+                errors.append(f"could not write the decompressed archive: {exc}")
+        if not errors:
+            try:
+                writer.flush()
+            except (zstandard.ZstdError, OSError) as exc:
+                errors.append(f"could not finish the decompressed archive: {exc}")
+
+    worker = threading.Thread(target=decompress, daemon=True) if sink is not None else None
+    if worker:
+        worker.start()
+    try:
+        with store.open_read(key) as body:
+            while chunk := body.read(4 * MiB):
+                digest.update(chunk)
+                size += len(chunk)
+                if worker:
+                    chunks.put(chunk)
+    finally:
+        if worker:
+            chunks.put(None)
+            worker.join()
+    return digest.hexdigest(), size, errors[0] if errors else None
 
 
 def pg_restore_run(argv: list[str], env: dict[str, str], *, store: ObjectStore | None, key: str | None,
@@ -65,8 +88,9 @@ def pg_restore_run(argv: list[str], env: dict[str, str], *, store: ObjectStore |
 
     def feed() -> None:
         try:
-            writer = proc.stdin
-            stream_object(store, key, writer.write)
+            _, _, error = stream_object(store, key, proc.stdin)
+            if error and "could not write" not in error:
+                feed_error.append(error)
         except (BrokenPipeError, OSError):
             pass  # pg_restore stopped reading; its exit code says why
         except AcciOpsError as exc:
@@ -133,7 +157,7 @@ def fetch_archive(store: ObjectStore, key: str, *, to_dir: str | None) -> Fetche
         local = Path(name)
         out = os.fdopen(fd, "wb")
     try:
-        digest, size, error = stream_object(store, key, out.write if out else None)
+        digest, size, error = stream_object(store, key, out)
     except BaseException:
         if local is not None:
             local.unlink(missing_ok=True)

@@ -267,7 +267,7 @@ def _amcheck(step: StepResult, settings: ValidationSettings, target: DatabaseTar
             raise
         step.status, step.detail = "skipped", str(exc)
         return
-    argv = [tool, "--heapallindexed", "--install-missing", target.dbname]
+    argv = [tool, "--heapallindexed", "--install-missing", "--jobs", str(settings.jobs), target.dbname]
     proc = subprocess.run(argv, env=child_env(target.libpq_env()), capture_output=True, text=True, timeout=timeout)
     output = (proc.stdout + proc.stderr).strip().splitlines()
     if proc.returncode == 0:
