@@ -44,7 +44,8 @@ def report_metadata(report: ProcedureReport, uri: str) -> dict[str, object]:
     if report.rpo_seconds is not None:
         metadata["rpo_hours"] = round(report.rpo_seconds / 3600, 3)
     for step in report.steps:
-        metadata[f"step_{step.name}_seconds"] = step.seconds
+        if step.status != "skipped":
+            metadata[f"step_{step.name}_seconds"] = step.seconds
     if report.health_status is not None:
         metadata["health_status"] = report.health_status
     if report.failure:

@@ -44,7 +44,8 @@ def report_metadata(report: ValidationReport, rpo: float | None) -> dict[str, ob
         "report": dg.MetadataValue.md(report.markdown()),
     }
     for step in report.steps:
-        metadata[f"step_{step.name}_seconds"] = step.seconds
+        if step.status != "skipped":
+            metadata[f"step_{step.name}_seconds"] = step.seconds
     if rpo is not None:
         metadata["rpo_hours"] = round(rpo / 3600, 3)
     if report.failure:
