@@ -57,13 +57,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             validation = validation | dg.AssetSelection.checks(check_key(spec, settings)) | dg.AssetSelection.assets(
                 validated_asset_key(spec, settings))
     max_runtime = int(os.environ.get("ACCI_BACKUP_MAX_RUNTIME_SECONDS") or 4 * 3600) + 600
-    nightly = build_nightly_backup_job(settings, backup_keys, max_runtime)
+    nightly = build_nightly_backup_job(backup_keys, max_runtime)
     retention = build_retention_job(settings)
     jobs = [nightly, retention]
     schedules = [build_nightly_backup_schedule(nightly, settings), build_retention_schedule(retention, settings)]
     sensors = [run_failure_alert_sensor]
     if checks:
-        validate = build_validate_job(settings, validation)
+        validate = build_validate_job(validation)
         cleanup = build_scratch_cleanup_job(settings)
         jobs += [validate, cleanup]
         schedules.append(build_scratch_cleanup_schedule(cleanup, settings))

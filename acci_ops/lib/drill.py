@@ -23,7 +23,7 @@ from acci_ops.lib.platform import AppRuntime, Platform
 from acci_ops.lib.probes import check_metrics, wait_for_health
 from acci_ops.lib.restore import restore_backup
 from acci_ops.lib.scratch import create_scratch_database, drop_scratch_database, new_scratch_name
-from acci_ops.lib.steps import StepFailed, StepRecorder, StepResult
+from acci_ops.lib.steps import StepFailed, StepRecorder, StepResult, steps_markdown
 from acci_ops.lib.validation import ValidationReport, newest_validated, validation_key_for
 
 Log = Callable[[str], None]
@@ -77,7 +77,7 @@ class ProcedureReport:
         ]
         if self.failure:
             lines += ["", f"**Cause:** {self.failure}"]
-        lines += ["", StepRecorder(self.steps, print).markdown()]
+        lines += ["", steps_markdown(self.steps)]
         if self.metrics_sample:
             lines += ["", "```", self.metrics_sample[:600], "```"]
         return "\n".join(lines)

@@ -38,27 +38,31 @@ def stream_object(store: ObjectStore, key: str, sink: BinaryIO | None) -> tuple[
     Reading and hashing run on this thread, decompressing and writing on another (both release the
     GIL), joined by a small bounded queue, so memory stays at a few chunks and the two overlap. A
     decompression error does not stop the hashing: a damaged object is reported by its checksum (the
-    more fundamental fact) rather than by whatever zstd made of it."""
+    more fundamental fact) rather than by whatever zstd made of it. A sink that refuses writes (a
+    full disk, a pg_restore that exited) raises its OSError once the object has been read."""
     digest, size = hashlib.sha256(), 0
     chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
     errors: list[str] = []
+    write_errors: list[OSError] = []
 
     def decompress() -> None:
         writer = zstandard.ZstdDecompressor().stream_writer(sink, write_size=1 << 20, closefd=False)
         while (chunk := chunks.get()) is not None:
-            if errors:
+            if errors or write_errors:
                 continue  # keep draining so the reader never blocks
             try:
                 writer.write(chunk)
             except zstandard.ZstdError as exc:
                 errors.append(f"object is not a valid zstd stream: {exc}")
             except OSError as exc:
-                errors.append(f"could not write the decompressed archive: {exc}")
-        if not errors:
+                write_errors.append(exc)
+        if not errors and not write_errors:
             try:
                 writer.flush()
-            except (zstandard.ZstdError, OSError) as exc:
-                errors.append(f"could not finish the decompressed archive: {exc}")
+            except zstandard.ZstdError as exc:
+                errors.append(f"object is not a valid zstd stream: {exc}")
+            except OSError as exc:
+                write_errors.append(exc)
 
     worker = threading.Thread(target=decompress, daemon=True) if sink is not None else None
     if worker:
@@ -74,6 +78,8 @@ def stream_object(store: ObjectStore, key: str, sink: BinaryIO | None) -> tuple[
         if worker:
             chunks.put(None)
             worker.join()
+    if write_errors:
+        raise write_errors[0]
     return digest.hexdigest(), size, errors[0] if errors else None
 
 
@@ -89,7 +95,7 @@ def pg_restore_run(argv: list[str], env: dict[str, str], *, store: ObjectStore |
     def feed() -> None:
         try:
             _, _, error = stream_object(store, key, proc.stdin)
-            if error and "could not write" not in error:
+            if error:
                 feed_error.append(error)
         except (BrokenPipeError, OSError):
             pass  # pg_restore stopped reading; its exit code says why
@@ -158,9 +164,11 @@ def fetch_archive(store: ObjectStore, key: str, *, to_dir: str | None) -> Fetche
         out = os.fdopen(fd, "wb")
     try:
         digest, size, error = stream_object(store, key, out)
-    except BaseException:
+    except BaseException as exc:
         if local is not None:
             local.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BackupError(f"could not write the decompressed archive in {to_dir}: {exc.strerror or exc}") from None
         raise
     finally:
         if out is not None:

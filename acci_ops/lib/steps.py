@@ -67,6 +67,9 @@ class StepRecorder:
         failed = next((s for s in self.steps if s.status == "failed"), None)
         return f"{failed.name}: {failed.detail}" if failed else None
 
-    def markdown(self) -> str:
-        rows = [f"| {s.name} | {s.status} | {s.seconds:.2f} | {s.detail.replace('|', '/')} |" for s in self.steps]
-        return "| step | status | seconds | detail |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
+def steps_markdown(steps: Sequence[StepResult]) -> str:
+    """A Markdown table of steps for the UI's metadata."""
+    rows = [f"| {s.name} | {s.status} | {s.seconds:.2f} | {s.detail.replace('|', '/')} |" for s in steps]
+    return "| step | status | seconds | detail |\n|---|---|---|---|\n" + "\n".join(rows)

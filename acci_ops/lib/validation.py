@@ -38,7 +38,7 @@ from acci_ops.lib.scratch import (
     new_scratch_name,
     refuse_same_database,
 )
-from acci_ops.lib.steps import StepFailed, StepRecorder, StepResult
+from acci_ops.lib.steps import StepFailed, StepRecorder, StepResult, steps_markdown
 
 Log = Callable[[str], None]
 REPORT_FORMAT = "acci-ops/pg-backup-validation"
@@ -110,7 +110,7 @@ class ValidationReport:
         head = f"**{'PASSED' if self.ok else 'FAILED'}** `{self.backup_key}`"
         if self.failure:
             head += f"\n\n{self.failure}"
-        return head + "\n\n" + StepRecorder(self.steps, print).markdown()
+        return head + "\n\n" + steps_markdown(self.steps)
 
 
 def _compare_contents(manifest: BackupManifest, counts: dict[str, int], objects: dict[str, list[str]]) -> None:

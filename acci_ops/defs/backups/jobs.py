@@ -7,7 +7,7 @@ import dagster as dg
 from acci_ops.settings import Settings
 
 
-def build_nightly_backup_job(settings: Settings, asset_keys: list[dg.AssetKey], max_runtime: int):  # noqa: ANN201
+def build_nightly_backup_job(asset_keys: list[dg.AssetKey], max_runtime: int):  # noqa: ANN201
     return dg.define_asset_job(
         name="nightly_backup",
         selection=dg.AssetSelection.assets(*asset_keys),

@@ -10,7 +10,7 @@ from acci_ops.lib.scratch import drop_stale_scratch_databases
 from acci_ops.settings import Settings
 
 
-def build_validate_job(settings: Settings, selection: dg.AssetSelection):  # noqa: ANN201
+def build_validate_job(selection: dg.AssetSelection):  # noqa: ANN201
     return dg.define_asset_job(
         name="validate_backup",
         selection=selection,
