@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -28,20 +28,41 @@ def test_module_entry_point_loads():
     dg.Definitions.validate_loadable(definitions.defs)
 
 
-def test_names_and_descriptions():
-    defs = defs_from_env()
+def everything_configured(monkeypatch) -> dg.Definitions:
+    """Every capability on (offsite, validation, DR), so every job, sensor and check exists."""
+    monkeypatch.setenv("ACCI_OFFSITE_URL", "s3://offsite/acci")
+    monkeypatch.setenv("ACCI_SCRATCH_DATABASE_URL", "postgresql://scratch@127.0.0.1:5432/postgres")
+    monkeypatch.setenv("ACCI_PLATFORM", "local")
+    monkeypatch.setenv("ACCI_LOCAL_APP_COMMAND", "acci-framework --port {port}")
+    monkeypatch.setenv("ACCI_REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("ACCI_DRILL_REDIS_URL", "redis://127.0.0.1:6379/1")
+    return defs_from_env()
+
+
+def test_names_and_descriptions(monkeypatch):
+    defs = everything_configured(monkeypatch)
     repo = defs.get_repository_def()
-    names = {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")}
-    assert names >= {"nightly_backup", "backup_retention"}
-    for job in repo.get_all_jobs():
-        if not job.name.startswith("__"):
-            assert job.description, job.name
+    jobs = {j.name: j for j in repo.get_all_jobs() if not j.name.startswith("__")}
+    assert set(jobs) == {"nightly_backup", "backup_retention", "validate_backup", "scratch_cleanup",
+                         "dr_drill", "disaster_recovery"}
+    assert {s.name for s in repo.schedule_defs} == {
+        "nightly_backup_schedule", "backup_retention_schedule", "scratch_cleanup_schedule",
+        "dr_drill_schedule"}
+    assert {s.name for s in repo.sensor_defs} == {"run_failure_alert_sensor", "backup_validation_sensor"}
+    assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == {
+        "db_backup", "db_backup_offsite", "db_backup_validated", "dr_drill"}
+    for job in jobs.values():
+        assert job.description, job.name
     for schedule in repo.schedule_defs:
         assert schedule.description, schedule.name
     for sensor in repo.sensor_defs:
         assert sensor.description, sensor.name
     for key in defs.resolve_all_asset_keys():
         assert defs.resolve_assets_def(key).descriptions_by_key[key], key
+    checks = list(defs.resolve_asset_graph().asset_check_keys)
+    assert [c.name for c in checks] == ["restores_cleanly"]
+    for check in checks:
+        assert defs.resolve_asset_graph().get_check_spec(check).description, check
 
 
 def test_nightly_schedule_runs_at_two_in_the_configured_zone(monkeypatch):
@@ -65,11 +86,29 @@ def test_schedule_tick_backs_up_the_day_that_ended(instance):
     assert [r.partition_key for r in result.run_requests] == ["2026-11-26"]
 
 
-def test_backup_asset_is_late_after_26_hours():
+def test_backup_asset_is_late_after_26_hours(instance):
+    """Dagster's own freshness evaluator (what the daemon runs) says PASS 25 h after a backup, FAIL at 26 h."""
+    import asyncio
+
+    from dagster._core.definitions.freshness import FreshnessState
+    from dagster._core.definitions.freshness_evaluator import TimeWindowFreshnessPolicyEvaluator
+    from dagster._core.loader import LoadingContextForTest
+    from dagster._core.test_utils import freeze_time
+
     defs = defs_from_env()
-    spec = defs.resolve_assets_def("db_backup").specs_by_key[dg.AssetKey("db_backup")]
-    policy = spec.freshness_policy
-    assert policy is not None and policy.fail_window.to_timedelta().total_seconds() == 26 * 3600
+    node = defs.resolve_asset_graph().get(dg.AssetKey("db_backup"))
+    backed_up = datetime(2026, 11, 27, 2, 5, tzinfo=UTC)
+
+    def state_at(now: datetime) -> FreshnessState:
+        with freeze_time(now):
+            return asyncio.run(TimeWindowFreshnessPolicyEvaluator().evaluate_freshness(
+                LoadingContextForTest(instance), node))
+
+    assert state_at(backed_up) == FreshnessState.UNKNOWN  # never backed up: nothing to judge yet
+    with freeze_time(backed_up):
+        instance.report_runless_asset_event(dg.AssetMaterialization("db_backup", partition="2026-11-26"))
+    assert state_at(backed_up + timedelta(hours=25)) == FreshnessState.PASS
+    assert state_at(backed_up + timedelta(hours=26, seconds=1)) == FreshnessState.FAIL
 
 
 def test_several_environments_get_prefixed_keys(tmp_path, monkeypatch):
