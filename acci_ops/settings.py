@@ -86,6 +86,8 @@ class EnvironmentSpec:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     scratch_database_url_env: str | None = None  # validation is on when this variable is set
     dr: DrSpec | None = None  # DR drills and recovery are on when a platform is configured
+    # NAME of the variable holding the backup signing key (ACCI_BACKUP_SIGNING_KEY); None: not configured
+    signing_key_env: str | None = None
 
     @property
     def validates(self) -> bool:
@@ -171,6 +173,20 @@ def _scratch_env(name: object, where: str, environ: Mapping[str, str]) -> str | 
     return name
 
 
+SIGNING_KEY_VARIABLE = "ACCI_BACKUP_SIGNING_KEY"
+
+
+def _signing_key_env(name: object, where: str, environ: Mapping[str, str]) -> str | None:
+    """The variable holding this environment's backup signing key (its NAME, never the key);
+    default ACCI_BACKUP_SIGNING_KEY when that is set. Unset: backups cannot be authenticated."""
+    if name is None:
+        return _if_set(environ, SIGNING_KEY_VARIABLE)
+    if not isinstance(name, str) or not _ENV_VAR.match(name):
+        raise ConfigError(f"{where}: signing_key_env must be the NAME of an environment variable holding the "
+                          "signing key, not the key itself")
+    return name
+
+
 def _dr_from_environ(environ: Mapping[str, str]) -> DrSpec | None:
     platform = environ.get("ACCI_PLATFORM", "").strip()
     if not platform:
@@ -239,7 +255,7 @@ def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentS
         if not isinstance(body, dict):
             raise ConfigError(f"{where} must be a mapping")
         allowed = {"database_url_env", "backup_url", "sse", "kms_key_id", "offsite", "retention",
-                   "scratch_database_url_env", "dr"}
+                   "scratch_database_url_env", "dr", "signing_key_env"}
         unknown = set(body) - allowed
         if unknown:
             raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -255,6 +271,7 @@ def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentS
             offsite=_offsite(body.get("offsite"), where), retention=_retention(body.get("retention"), where),
             scratch_database_url_env=_scratch_env(body.get("scratch_database_url_env"), where, environ),
             dr=_dr_from_yaml(body.get("dr"), where),
+            signing_key_env=_signing_key_env(body.get("signing_key_env"), where, environ),
         ))
     tz = doc.get("timezone")
     return specs, str(tz) if tz else None
@@ -296,5 +313,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                                   _int(environ, "ACCI_RETENTION_MONTHLY", 12)),
         scratch_database_url_env=_if_set(environ, "ACCI_SCRATCH_DATABASE_URL"),
         dr=_dr_from_environ(environ),
+        signing_key_env=_if_set(environ, SIGNING_KEY_VARIABLE),
     )
     return Settings((spec,), _check_timezone(environ.get("ACCI_TIMEZONE", "").strip() or "UTC"), start)

@@ -19,6 +19,7 @@ from acci_ops_tests.servers import (
     start_postgres,
     start_redis,
 )
+from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +74,8 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Server) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    # Backups are signed by default, as in a configured deployment; the no-key tests delete it.
+    monkeypatch.setenv("ACCI_BACKUP_SIGNING_KEY", TEST_SIGNING_KEY)
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "ACCI_ENVIRONMENTS_FILE", "ACCI_ENVIRONMENT",
                 "ACCI_OFFSITE_URL", "ACCI_ALERT_WEBHOOK_URL"):
         monkeypatch.delenv(var, raising=False)

@@ -3,11 +3,15 @@
 serves real Prometheus exposition text. Configured like the real app, through DATABASE_URL,
 REDIS_URL and PORT. Used by the DR tests and by ``./run dev``'s drills.
 
-    python -m acci_ops_tests.fakeapp
+    python -m acci_ops_tests.fakeapp [--pidfile PATH]
+
+``--pidfile`` appends the process id to PATH, so a test stops exactly the apps it started (a
+recovery never tears its app down) and no stand-in of another test or user.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,6 +70,12 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="stand-in for ACCI Framework")
+    parser.add_argument("--pidfile", help="append this process's id to the file")
+    args = parser.parse_args()
+    if args.pidfile:
+        with open(args.pidfile, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
     server = ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), Handler)
     print(f"fake ACCI Framework listening on {server.server_address}", flush=True)
     server.serve_forever()

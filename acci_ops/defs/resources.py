@@ -13,6 +13,7 @@ from acci_ops.lib.errors import ConfigError
 from acci_ops.lib.objectstore import Encryption, ObjectStore, S3Store, open_store
 from acci_ops.lib.pgdump import BackupSettings
 from acci_ops.lib.platform import ComposePlatform, HelmPlatform, LocalPlatform, Platform
+from acci_ops.lib.signing import Keyring
 from acci_ops.lib.validation import ValidationSettings
 from acci_ops.settings import EnvironmentSpec
 
@@ -40,6 +41,11 @@ class AcciEnvironment(dg.ConfigurableResource):
     validation_work_dir: str | None = Field(default=None, description="Where the local restore file goes.")
     validation_amcheck: str = Field(default="auto", description="pg_amcheck --heapallindexed: auto, off, required.")
     validation_assertions_file: str | None = Field(default=None, description="YAML of SQL assertions to run.")
+    signing_key: str | None = Field(
+        default=None,
+        description=("Key that signs and authenticates backup manifests and validation records (HMAC-SHA256), from "
+                     "ACCI_BACKUP_SIGNING_KEY (comma-separated: the first signs, all verify, for rotation). Unset: "
+                     "backups cannot be authenticated, so retention deletes nothing and DR needs a named backup."))
 
     def target(self) -> DatabaseTarget:
         return parse_database_url(self.database_url, name=f"database URL of environment {self.name}")
@@ -79,6 +85,10 @@ class AcciEnvironment(dg.ConfigurableResource):
             pg_bin_dir=self.pg_bin_dir or None,
         )
 
+    def keyring(self) -> Keyring | None:
+        """The signing keys, or None when none is configured (nothing can then be authenticated)."""
+        return Keyring.from_secret(self.signing_key)
+
     def backup_settings(self) -> BackupSettings:
         return BackupSettings(max_runtime_seconds=self.max_runtime_seconds, pg_bin_dir=self.pg_bin_dir or None)
 
@@ -107,6 +117,7 @@ def environment_resource(spec: EnvironmentSpec) -> AcciEnvironment:
         validation_work_dir=os.environ.get("ACCI_VALIDATION_WORK_DIR") or None,
         validation_amcheck=os.environ.get("ACCI_VALIDATION_AMCHECK") or "auto",
         validation_assertions_file=os.environ.get("ACCI_VALIDATION_ASSERTIONS_FILE") or None,
+        signing_key=dg.EnvVar(spec.signing_key_env) if spec.signing_key_env else None,
     )
 
 
@@ -171,7 +182,8 @@ class AcciDisasterRecovery(dg.ConfigurableResource):
         if self.platform == "compose":
             project = f"{self.compose_project}-drill-{stamp}" if drill else self.compose_project
             url = self.compose_drill_app_url if drill else (self.app_url or "http://127.0.0.1:8080")
-            return ComposePlatform(project=project, files=[_path(f) for f in self.compose_files], app_url=url)
+            return ComposePlatform(project=project, files=[_path(f) for f in self.compose_files], app_url=url,
+                                   drill=drill)
         raise ConfigError(f"platform {self.platform!r} is not a backend; use local, helm or compose")
 
 

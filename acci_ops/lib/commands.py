@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from acci_ops.lib.errors import AcciOpsError, ConfigError
@@ -72,9 +73,52 @@ def find_pg_tool(name: str, bin_dir: str | None = None, *, hint: str = "") -> st
         raise
 
 
-def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The parent's environment minus libpq/AWS secrets it may hold, plus what this call needs."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD",)}
+# What every child may inherit from acci_ops's own environment. The rest (ACCI_DATABASE_URL,
+# AWS_SECRET_ACCESS_KEY, the webhook URL, the signing key, ...) stays in this process: a child that
+# needs a value is given it explicitly, and an app or tool that printed its environment into the
+# Dagster log would otherwise print every secret of the code location.
+BASE_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR", "USER", "LOGNAME")
+# libpq settings an operator may set for the whole process (in-process psycopg reads them too, so the
+# PG tools then connect the same way). Never PGPASSWORD, PGSERVICE or the connection target: those
+# are given explicitly from the target's URL.
+PG_ENV = ("PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSSLCRL", "PGSSLCRLDIR", "PGSSLSNI",
+          "PGSSLMINPROTOCOLVERSION", "PGSSLMAXPROTOCOLVERSION", "PGGSSENCMODE", "PGKRBSRVNAME", "PGGSSLIB",
+          "PGCONNECT_TIMEOUT", "PGCLIENTENCODING", "PGTZ", "PGSYSCONFDIR", "PGTARGETSESSIONATTRS")
+_PROXIES = ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")
+# helm reaches the cluster through a kubeconfig (or in-cluster service account), whose exec plugins
+# may need the cloud CLI's configuration pointers (profiles and token files, not keys).
+HELM_ENV = ("KUBECONFIG", "HELM_*", "XDG_*", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT",
+            "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+            "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "GOOGLE_APPLICATION_CREDENTIALS", *_PROXIES)
+# docker compose: the engine to talk to, its client config, and the variables the Compose files read.
+COMPOSE_ENV = ("DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY", "DOCKER_CONTEXT",
+               "DOCKER_API_VERSION", "COMPOSE_*", "XDG_*", "ACCI_FRAMEWORK_*", "LOG_LEVEL", *_PROXIES)
+CHILD_ENV_ALLOW = "ACCI_CHILD_ENV_ALLOW"
+_ALLOW_ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
+
+
+def _operator_allowed(environ: Mapping[str, str]) -> list[str]:
+    """``ACCI_CHILD_ENV_ALLOW``: more names (or ``PREFIX_*``) an operator's tools need."""
+    entries = [e.strip() for e in environ.get(CHILD_ENV_ALLOW, "").split(",") if e.strip()]
+    for number, entry in enumerate(entries, 1):
+        if not _ALLOW_ENTRY.match(entry):
+            # Not echoed: someone may have pasted a value instead of a name.
+            raise ConfigError(f"{CHILD_ENV_ALLOW} entry {number} is not a variable name or a NAME_* prefix")
+    return entries
+
+
+def _allowed(name: str, patterns: Iterable[str]) -> bool:
+    return any(name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in patterns)
+
+
+def child_env(extra: Mapping[str, str] | None = None, *, allow: Iterable[str] = ()) -> dict[str, str]:
+    """The environment for a child process: an allow-list, not the parent's environment.
+
+    ``BASE_ENV``, plus the names (or ``PREFIX_*``) the caller's tool needs (``allow``, e.g.
+    ``HELM_ENV``), plus ``ACCI_CHILD_ENV_ALLOW``, all taken from this process; then ``extra``, the
+    values this call passes on purpose (a PG tool's own PGPASSWORD, the app's DATABASE_URL)."""
+    patterns = [*BASE_ENV, *allow, *_operator_allowed(os.environ)]
+    env = {k: v for k, v in os.environ.items() if _allowed(k, patterns) and k != CHILD_ENV_ALLOW}
     env.update(extra or {})
     return env
 
@@ -98,14 +142,16 @@ def pump_lines(stream, sink: LineSink | None, tail: deque) -> threading.Thread: 
 
 def run_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float | None = None,
                 on_line: LineSink | None = None, check: bool = True, cwd: str | None = None,
-                stdin_file: str | None = None) -> CommandResult:
-    """Run a tool to completion, streaming its merged output; raise ``CommandFailed`` on non-zero."""
+                stdin_file: str | None = None, allow_env: Iterable[str] = ()) -> CommandResult:
+    """Run a tool to completion, streaming its merged output; raise ``CommandFailed`` on non-zero.
+
+    The tool's environment is ``child_env(env, allow=allow_env)``: never the parent's secrets."""
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=20)
     stdin = open(stdin_file, "rb") if stdin_file else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=child_env(env), cwd=cwd)
+                                env=child_env(env, allow=allow_env), cwd=cwd)
     except FileNotFoundError:
         raise ConfigError(f"{argv[0]} not found; install it or fix the configured path") from None
     finally:

@@ -11,24 +11,29 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from acci_ops.lib import cache
+from acci_ops.lib import cache, dbswitch
+from acci_ops.lib.backups import inspect_backup, read_manifest
 from acci_ops.lib.dburl import DatabaseTarget
-from acci_ops.lib.errors import BackupError, ConfigError
+from acci_ops.lib.errors import AcciOpsError, BackupError, ConfigError
+from acci_ops.lib.layout import manifest_key_for, parse_dump_key
+from acci_ops.lib.manifest import BackupManifest
 from acci_ops.lib.objectstore import ObjectStore
 from acci_ops.lib.platform import AppRuntime, Platform
 from acci_ops.lib.probes import check_metrics, wait_for_health
 from acci_ops.lib.restore import restore_backup
 from acci_ops.lib.scratch import create_scratch_database, drop_scratch_database, new_scratch_name
+from acci_ops.lib.signing import NO_KEY_WARNING, Keyring
 from acci_ops.lib.steps import StepFailed, StepRecorder, StepResult, steps_markdown
-from acci_ops.lib.validation import ValidationReport, newest_validated, validation_key_for
+from acci_ops.lib.validation import newest_validated, read_record, record_problem, validation_key_for
 
 Log = Callable[[str], None]
 DRILL_STEPS = ("database", "infrastructure", "restore", "cache", "verify")
-RECOVERY_STEPS = ("infrastructure", "restore", "cache", "verify")
+RECOVERY_STEPS = ("infrastructure", "restore", "switch", "cache", "verify")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ class ProcedureReport:
     health_body: str = ""
     metrics_sample: str = ""
     metrics_families: int = 0
+    # Recovery only: the live database as it was before the switch, renamed and kept for forensics.
+    kept_database: str = ""
     steps: list[StepResult] = field(default_factory=list)
 
     def to_json(self) -> bytes:
@@ -75,6 +82,8 @@ class ProcedureReport:
             f"- /health: HTTP {'n/a' if self.health_status is None else self.health_status} {self.health_body[:120]}",
             f"- /metrics: {self.metrics_families} families",
         ]
+        if self.kept_database:
+            lines.append(f"- previous database kept as `{self.kept_database}` (drop it once no longer needed)")
         if self.failure:
             lines += ["", f"**Cause:** {self.failure}"]
         lines += ["", steps_markdown(self.steps)]
@@ -84,30 +93,72 @@ class ProcedureReport:
 
 
 def choose_backup(
-    store: ObjectStore, environment: str, backup_key: str | None, *, allow_unvalidated: bool = False
+    store: ObjectStore, environment: str, backup_key: str | None, *, allow_unvalidated: bool = False,
+    keyring: Keyring | None = None, now: datetime | None = None,
 ) -> str:
-    """The named backup, or the newest validated one; refuse a backup that failed validation
-    (or was never validated) unless explicitly overridden."""
+    """The named backup, or by default the newest one that is signed by acci_ops AND has a signed,
+    passing validation record about it (never ranked by a key's date alone). A named backup that is
+    unsigned, untrusted, unvalidated or failed validation is refused unless explicitly overridden:
+    whoever can write to the bucket must not choose what DR restores."""
     if not backup_key:
-        found = newest_validated(store, environment)
+        if keyring is None:
+            raise BackupError(f"{NO_KEY_WARNING}; name the backup explicitly (backup_key) and set "
+                              "allow_unvalidated_backup")
+        found = newest_validated(store, environment, keyring, now=now)
         if not found:
-            raise BackupError(f"no validated {environment} backup exists; name one explicitly to use it anyway")
+            raise BackupError(f"no signed, validated {environment} backup exists; name one explicitly "
+                              "(backup_key) and set allow_unvalidated_backup to use it anyway")
         return found[0].key
     if not store.exists(backup_key):
         raise BackupError(f"backup {store.uri_for(backup_key)} does not exist")
     if allow_unvalidated:
         return backup_key
+    if keyring is None:
+        raise BackupError(f"{NO_KEY_WARNING}; set allow_unvalidated_backup to restore {backup_key} anyway")
+    parsed = parse_dump_key(backup_key)
+    if parsed is None or not store.exists(manifest_key_for(backup_key)):
+        raise BackupError(f"{backup_key} is not a complete acci_ops backup (dump and manifest); "
+                          "set allow_unvalidated_backup to restore it anyway")
+    trust = inspect_backup(store, parsed, keyring, now=now)
+    if not trust.trusted:
+        raise BackupError(f"backup {backup_key} is {trust.describe()}; set allow_unvalidated_backup to "
+                          "restore it anyway")
     if not store.exists(validation_key_for(backup_key)):
         raise BackupError(
             f"backup {backup_key} has not been validated; validate it first or set allow_unvalidated_backup"
         )
-    report = ValidationReport.from_json(store.get_bytes(validation_key_for(backup_key)))
+    try:
+        report = read_record(store, backup_key)
+        problem = record_problem(report, trust, keyring)
+    except BackupError as exc:
+        report, problem = None, str(exc)
+    if problem:
+        raise BackupError(f"validation record {store.uri_for(validation_key_for(backup_key))} is not trusted "
+                          f"({problem}); validate the backup again or set allow_unvalidated_backup")
     if not report.ok:
         raise BackupError(
             f"backup {backup_key} failed validation ({report.failure}); set "
             "allow_unvalidated_backup to restore it anyway"
         )
     return backup_key
+
+
+def refuse_foreign_backup(store: ObjectStore, backup_key: str, *, environment: str, database: str) -> BackupManifest:
+    """A backup is restorable into ``environment``/``database`` only if its key lies under
+    ``<environment>/`` and its manifest names that environment and database: otherwise another
+    environment's data (staging's tenants in production) would be restored. Checked before
+    anything is touched; returns the manifest."""
+    into = f"refusing to restore it into {environment}/{database}; nothing was touched"
+    parsed = parse_dump_key(backup_key)
+    if parsed is None:
+        raise BackupError(f"backup {backup_key} is not a {environment} backup "
+                          f"({environment}/<day>/<database>-<time>.pgdump.zst); {into}")
+    if parsed.environment != environment:
+        raise BackupError(f"backup {backup_key} belongs to {parsed.environment}/{parsed.database}; {into}")
+    manifest = read_manifest(store, backup_key)
+    if (manifest.environment, manifest.database) != (environment, database) or manifest.object_key != backup_key:
+        raise BackupError(f"backup {backup_key} belongs to {manifest.environment}/{manifest.database}; {into}")
+    return manifest
 
 
 def _verify(
@@ -121,13 +172,15 @@ def _verify(
 
 
 def _restore(report: ProcedureReport, store: ObjectStore, target: DatabaseTarget, start: datetime,
-             step: StepResult, *, clean: bool, log: Log) -> None:
-    """The data step; the RPO is the procedure's start minus the backup's snapshot."""
-    restored = restore_backup(store, report.backup_key, target, clean=clean, log=log)
+             step: StepResult, *, log: Log) -> None:
+    """The data step into a new, empty database, proven against the manifest (row counts and
+    objects); the RPO is the procedure's start minus the backup's snapshot."""
+    restored = restore_backup(store, report.backup_key, target, log=log)
     report.snapshot_at = restored.manifest.snapshot_at
     report.rpo_seconds = round((start - datetime.fromisoformat(restored.manifest.snapshot_at)).total_seconds(), 1)
+    verified = dbswitch.verify_against_manifest(target, restored.manifest)
     step.detail = (f"{restored.manifest.total_rows} rows into {target.describe()} ({restored.mode}) "
-                   f"in {restored.seconds:.1f} s")
+                   f"in {restored.seconds:.1f} s; {verified}")
 
 
 def _finish(report: ProcedureReport, recorder: StepRecorder, targets: Targets | None, t0: float) -> None:
@@ -157,12 +210,19 @@ def run_drill(
     platform: Platform,
     drill_redis_url: str,
     production_redis_url: str | None,
+    database: str,
     required_metrics: Sequence[str] = (),
     targets: Targets = Targets(),
     health_deadline: float = 300,
+    production_redis_variable: str = "ACCI_REDIS_URL",
+    scratch_allow_superuser: bool = False,
     log: Log = print,
 ) -> ProcedureReport:
-    """An isolated rehearsal; everything it created is removed at the end, pass or fail."""
+    """An isolated rehearsal; everything it created is removed at the end, pass or fail.
+
+    ``database`` is the drilled environment's production database name: the backup must be one
+    of its backups. The drill's Redis must provably not be production's (``production_redis_url``
+    is required, and both servers are asked who they are)."""
     start = datetime.now(UTC)
     t0 = time.monotonic()
     report = ProcedureReport(
@@ -178,11 +238,11 @@ def run_drill(
     scratch_name: str | None = None
     platform_up = False
     try:
-        if production_redis_url and cache.redis_identity(drill_redis_url) == cache.redis_identity(production_redis_url):
-            raise ConfigError("the drill's Redis URL is production's Redis; give the drill its own database")
+        refuse_foreign_backup(store, backup_key, environment=environment, database=database)
+        cache.drill_flush_mode(drill_redis_url, production_redis_url, variable=production_redis_variable)
         with recorder.step("database") as step:
             name = new_scratch_name()
-            create_scratch_database(scratch, name)
+            create_scratch_database(scratch, name, allow_superuser=scratch_allow_superuser)
             scratch_name = name
             step.detail = f"created {name} on {scratch.host}:{scratch.port}"
         target = scratch.with_dbname(scratch_name)
@@ -191,7 +251,7 @@ def run_drill(
             base_url = platform.up(AppRuntime(target, drill_redis_url), log)
             step.detail = f"{platform.describe()} at {base_url}"
         with recorder.step("restore") as step:
-            _restore(report, store, target, start, step, clean=False, log=log)
+            _restore(report, store, target, start, step, log=log)
         with recorder.step("cache") as step:
             step.detail = (
                 cache.flush(drill_redis_url, everything=True, protect=production_redis_url)
@@ -202,7 +262,7 @@ def run_drill(
             report.rto_seconds = round(time.monotonic() - t0, 1)
     except StepFailed:
         recorder.skip_rest(DRILL_STEPS, "an earlier step failed")
-    except ConfigError as exc:
+    except AcciOpsError as exc:  # preflight refusals, before anything was created
         report.steps.append(StepResult("preflight", "failed", 0.0, str(exc)))
     finally:
 
@@ -236,7 +296,12 @@ def run_recovery(
     health_deadline: float = 600,
     log: Log = print,
 ) -> ProcedureReport:
-    """The real thing, against the environment. Never tears anything down."""
+    """The real thing, against the environment. Never tears anything down.
+
+    Production is not touched until the last moment: the backup is restored into a new database
+    beside the live one and verified against its manifest, then switched in with two renames in
+    one transaction (lib/dbswitch.py); the previous database is kept as ``<db>_before_dr_<time>``.
+    A failure before the switch drops only the new database, so repeating DR is always safe."""
     start = datetime.now(UTC)
     t0 = time.monotonic()
     report = ProcedureReport(
@@ -248,6 +313,19 @@ def run_recovery(
     )
     recorder = StepRecorder(report.steps, log, "recovery step")
     try:
+        try:
+            refuse_foreign_backup(store, backup_key, environment=environment, database=database.dbname)
+            plan = dbswitch.SwitchPlan.for_database(database.dbname, start)
+            try:
+                dbswitch.preflight(database, plan, log)
+            except dbswitch.ServerUnreachable:
+                if platform is None:
+                    raise
+                log("the database server does not answer yet; its privileges are checked after the infrastructure step")
+        except AcciOpsError as exc:
+            report.steps.append(StepResult("preflight", "failed", 0.0, str(exc)))
+            recorder.skip_rest(RECOVERY_STEPS, "refused before anything was touched")
+            return report
         base_url = app_url
         with recorder.step("infrastructure") as step:
             if platform is None:
@@ -256,7 +334,17 @@ def run_recovery(
                 base_url = platform.up(AppRuntime(database, redis_url), log)
                 step.detail = f"{platform.describe()} at {base_url}"
         with recorder.step("restore") as step:
-            _restore(report, store, database, start, step, clean=True, log=log)
+            # Into <db>_dr_<time> beside the live database; on any failure only that copy is dropped.
+            dbswitch.preflight(database, plan, log)
+            dbswitch.create_beside(database, plan)
+            with _dropping_on_failure(database, plan, log):
+                _restore(report, store, database.with_dbname(plan.new), start, step, log=log)
+        with recorder.step("switch") as step:
+            with _dropping_on_failure(database, plan, log):
+                report.kept_database = dbswitch.switch(database, plan, log=log)
+            step.detail = (f"{plan.live} is now the restored database; the previous one is kept as "
+                           f"{report.kept_database} (drop it once no longer needed)" if report.kept_database
+                           else f"{plan.new} renamed to {plan.live} (there was no live database to keep)")
         with recorder.step("cache") as step:
             step.detail = cache.flush(redis_url, everything=True) + f" on {cache.describe(redis_url)}"
         with recorder.step("verify") as step:
@@ -269,6 +357,20 @@ def run_recovery(
     finally:
         _finish(report, recorder, None, t0)
     return report
+
+
+@contextmanager
+def _dropping_on_failure(database: DatabaseTarget, plan: dbswitch.SwitchPlan, log: Log) -> Iterator[None]:
+    """Whatever fails before the switch, the half-restored copy goes and production stays as it was."""
+    try:
+        yield
+    except BaseException:
+        try:
+            dbswitch.drop_new(database, plan)
+            log(f"dropped {plan.new}; {plan.live} was not touched")
+        except AcciOpsError as exc:
+            log(f"could not drop {plan.new} ({exc}); drop it by hand, {plan.live} was not touched")
+        raise
 
 
 def store_procedure_report(store: ObjectStore, report: ProcedureReport) -> str:

@@ -75,7 +75,7 @@ class ObjectStore(Protocol):
     def check_writable(self) -> None: ...
     def upload_stream(self, key: str, stream: BinaryIO, content_type: str = ...) -> None: ...
     def put_bytes(self, key: str, data: bytes, content_type: str = ...) -> None: ...
-    def get_bytes(self, key: str) -> bytes: ...
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes: ...
     def open_read(self, key: str) -> BinaryIO: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]: ...
@@ -112,6 +112,10 @@ def sha256_of_stream(stream: BinaryIO, chunk: int = 4 * MiB) -> tuple[str, int]:
             return digest.hexdigest(), total
         digest.update(data)
         total += len(data)
+
+
+def too_large(uri: str, max_bytes: int) -> BackupError:
+    return BackupError(f"{uri} is larger than {max_bytes} bytes; not reading it")
 
 
 def _join(prefix: str, key: str) -> str:
@@ -171,11 +175,16 @@ class FileStore:
 
         self.upload_stream(key, io.BytesIO(data), content_type)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The whole object; with ``max_bytes``, refuse (one line) anything larger instead of reading it."""
         try:
-            return self._path(key).read_bytes()
+            with open(self._path(key), "rb") as handle:
+                data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
         except FileNotFoundError:
             raise BackupError(f"{self.uri_for(key)} does not exist") from None
+        if max_bytes is not None and len(data) > max_bytes:
+            raise too_large(self.uri_for(key), max_bytes)
+        return data
 
     def open_read(self, key: str) -> BinaryIO:
         try:
@@ -344,9 +353,24 @@ class S3Store:
         except (BotoCoreError, ClientError) as exc:
             raise self._fail(exc, "write", key) from None
 
-    def get_bytes(self, key: str) -> bytes:
-        with self.open_read(key) as body:
-            return body.read()
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The whole object; with ``max_bytes``, refuse (one line) anything larger instead of reading it."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail(exc, "read", key) from None
+        with response["Body"] as body:
+            if max_bytes is not None and int(response.get("ContentLength") or 0) > max_bytes:
+                raise too_large(self.uri_for(key), max_bytes)
+            try:
+                data = body.read() if max_bytes is None else body.read(max_bytes + 1)
+            except (BotoCoreError, ClientError) as exc:
+                raise self._fail(exc, "read", key) from None
+        if max_bytes is not None and len(data) > max_bytes:
+            raise too_large(self.uri_for(key), max_bytes)
+        return data
 
     def open_read(self, key: str) -> BinaryIO:
         from botocore.exceptions import BotoCoreError, ClientError

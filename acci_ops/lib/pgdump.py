@@ -23,12 +23,13 @@ import psycopg
 import zstandard
 
 from acci_ops.lib import catalog
-from acci_ops.lib.commands import child_env, find_tool, pump_lines, run_command
+from acci_ops.lib.commands import PG_ENV, child_env, find_tool, pump_lines, run_command
 from acci_ops.lib.dburl import DatabaseTarget
 from acci_ops.lib.errors import AcciOpsError, BackupError, ConfigError
 from acci_ops.lib.layout import dump_key, manifest_key_for
 from acci_ops.lib.manifest import BackupManifest
 from acci_ops.lib.objectstore import HashingReader, ObjectStore
+from acci_ops.lib.signing import Keyring
 
 Log = Callable[[str], None]
 PG_DUMP_HINT = "install postgresql-client-15 (or newer) or set ACCI_PG_BIN to the directory holding pg_dump"
@@ -139,8 +140,12 @@ class _DumpStream:
 
 
 def run_backup(*, environment: str, target: DatabaseTarget, store: ObjectStore, partition: date,
-               settings: BackupSettings | None = None, log: Log = print) -> BackupResult:
+               settings: BackupSettings | None = None, log: Log = print,
+               keyring: Keyring | None = None) -> BackupResult:
     """Dump one database into ``store`` atomically and return what was written.
+
+    With a ``keyring`` the manifest is signed (lib/signing.py), which is what lets retention, DR
+    and validation tell this backup from objects anyone else with bucket access writes.
 
     Order matters for the guarantees: the store and the server are checked before pg_dump runs,
     the dump object is complete before the manifest is written, and the manifest is last.
@@ -189,6 +194,8 @@ def run_backup(*, environment: str, target: DatabaseTarget, store: ObjectStore, 
         pg_dump_version=dump_version, dump_bytes=dump_bytes, stored_bytes=stored_bytes, sha256=sha256,
         row_counts=row_counts, objects=objects,
     )
+    if keyring is not None:
+        manifest.signature = keyring.signature(manifest.payload())
     try:
         store.put_bytes(manifest_key_for(key), manifest.to_json())
     except BaseException:
@@ -206,7 +213,7 @@ def _stream_dump(pg_dump: str, target: DatabaseTarget, store: ObjectStore, key: 
     argv = [pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot_id}", "--no-password"]
     log("running " + " ".join(argv[1:]) + f" on {target.describe()}")
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=child_env(target.libpq_env()), bufsize=0)
+                            env=child_env(target.libpq_env(), allow=PG_ENV), bufsize=0)
     _widen_pipe(proc.stdout)
     tail: deque[str] = deque(maxlen=20)
     pump = pump_lines(proc.stderr, lambda line: log(f"pg_dump: {line}"), tail)

@@ -19,10 +19,11 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
-from acci_ops.lib.commands import CommandResult, child_env, pump_lines, run_command
+from acci_ops.lib.commands import COMPOSE_ENV, HELM_ENV, CommandResult, child_env, pump_lines, run_command
 from acci_ops.lib.dburl import DatabaseTarget
 from acci_ops.lib.errors import AcciOpsError, ConfigError
 from acci_ops.lib.localpg import free_port
@@ -41,10 +42,9 @@ class AppRuntime:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        db = self.database
-        auth = f"{db.user}:{db.password}@" if db.password else (f"{db.user}@" if db.user else "")
-        return {"DATABASE_URL": f"postgresql://{auth}{db.host}:{db.port}/{db.dbname}", "REDIS_URL": self.redis_url,
-                **self.extra_env}
+        """The app's DATABASE_URL (percent-encoded credentials, every option such as sslmode kept)
+        and REDIS_URL."""
+        return {"DATABASE_URL": self.database.to_url(), "REDIS_URL": self.redis_url, **self.extra_env}
 
 
 class Platform:
@@ -108,29 +108,38 @@ class HelmPlatform(Platform):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
                 yaml.safe_dump(secrets, handle)
-            self.runner(self.upgrade_argv(path), timeout=self.timeout_seconds + 60, on_line=log)
+            self.runner(self.upgrade_argv(path), timeout=self.timeout_seconds + 60, on_line=log, allow_env=HELM_ENV)
         return self.app_url.format(namespace=self.namespace, release=self.release)
 
     def down(self, log: Log) -> None:
         self.runner(self._base("uninstall", self.release) + ["--wait", "--timeout", f"{self.timeout_seconds}s"],
-                    timeout=self.timeout_seconds + 60, on_line=log)
+                    timeout=self.timeout_seconds + 60, on_line=log, allow_env=HELM_ENV)
 
     def rollback(self, revision: int, log: Log) -> None:
         self.runner(self._base("rollback", self.release, str(revision)) + ["--wait"],
-                    timeout=self.timeout_seconds + 60, on_line=log)
+                    timeout=self.timeout_seconds + 60, on_line=log, allow_env=HELM_ENV)
 
     def history(self) -> list[dict]:
         lines: list[str] = []
-        self.runner(self._base("history", self.release) + ["--output", "json"], timeout=120, on_line=lines.append)
+        self.runner(self._base("history", self.release) + ["--output", "json"], timeout=120, on_line=lines.append,
+                    allow_env=HELM_ENV)
         return yaml.safe_load("\n".join(lines)) or []
 
     def describe(self) -> str:
         return f"helm release {self.release} in namespace {self.namespace}"
 
 
+DRILL_OVERLAY = Path(__file__).resolve().parents[2] / "deploy" / "compose" / "docker-compose.acci-ops.yml"
+
+
 @dataclass
 class ComposePlatform(Platform):
-    """A Compose project (base file + prod override), ``up --wait``; ``down --volumes`` for drills."""
+    """A Compose project (base file + prod override), ``up --wait``; ``down --volumes`` for drills.
+
+    For a drill (``drill=True``) the app must use the isolated copy, not the stack's own database
+    and cache, and must not take production's port: the overlay file wires the app's DATABASE_URL
+    and REDIS_URL to the ones acci_ops passes, and the app is published on a free port
+    (``ACCI_FRAMEWORK_PORT``), whose URL ``up`` returns."""
 
     project: str
     files: Sequence[str]
@@ -138,32 +147,40 @@ class ComposePlatform(Platform):
     compose: Sequence[str] = ("docker", "compose")
     timeout_seconds: int = 600
     runner: Runner = run_command
+    drill: bool = False
+    overlay: str = str(DRILL_OVERLAY)
     backend = "compose"
 
     def __post_init__(self) -> None:
-        for path in self.files:
+        for path in [*self.files, *([self.overlay] if self.drill else [])]:
             if not Path(path).is_file():
                 raise ConfigError(f"Compose file {path} not found")
 
     def _base(self) -> list[str]:
         argv = [*self.compose, "--project-name", self.project]
-        for path in self.files:
+        for path in [*self.files, *([self.overlay] if self.drill else [])]:
             argv += ["--file", path]
         return argv
 
     def up(self, runtime: AppRuntime, log: Log) -> str:
         # The guide's Compose stack runs its own PostgreSQL: it is created with the credentials of the
-        # database acci_ops restores into (which must be that service, published to acci_ops).
+        # database acci_ops restores into (for recovery that must be this service, published to acci_ops).
         db = runtime.database
         env = {**runtime.env(), "POSTGRES_USER": db.user or "acci", "POSTGRES_DB": db.dbname,
                "POSTGRES_PASSWORD": db.password or ""}
+        url = self.app_url
+        if self.drill:
+            port = free_port()
+            env["ACCI_FRAMEWORK_PORT"] = str(port)
+            parts = urlsplit(self.app_url)
+            url = parts._replace(netloc=f"{parts.hostname or '127.0.0.1'}:{port}").geturl()
         self.runner(self._base() + ["up", "--detach", "--wait", "--wait-timeout", str(self.timeout_seconds)],
-                    env=env, timeout=self.timeout_seconds + 60, on_line=log)
-        return self.app_url
+                    env=env, timeout=self.timeout_seconds + 60, on_line=log, allow_env=COMPOSE_ENV)
+        return url
 
     def down(self, log: Log) -> None:
         self.runner(self._base() + ["down", "--volumes", "--remove-orphans"], timeout=self.timeout_seconds,
-                    on_line=log)
+                    on_line=log, allow_env=COMPOSE_ENV)
 
     def describe(self) -> str:
         return f"compose project {self.project}"

@@ -23,7 +23,7 @@ from typing import BinaryIO
 import zstandard
 
 from acci_ops.lib.backups import read_manifest
-from acci_ops.lib.commands import child_env, find_pg_tool, pump_lines
+from acci_ops.lib.commands import PG_ENV, child_env, find_pg_tool, pump_lines
 from acci_ops.lib.dburl import DatabaseTarget
 from acci_ops.lib.errors import AcciOpsError, BackupError
 from acci_ops.lib.manifest import BackupManifest
@@ -32,33 +32,67 @@ from acci_ops.lib.objectstore import MiB, ObjectStore
 Log = Callable[[str], None]
 
 
-def stream_object(store: ObjectStore, key: str, sink: BinaryIO | None) -> tuple[str, int, str | None]:
+class _CappedSink:
+    """Passes decompressed bytes to the real sink until more than ``limit`` would have been written."""
+
+    def __init__(self, sink: BinaryIO, limit: int | None) -> None:
+        self.sink, self.limit, self.written = sink, limit, 0
+
+    def write(self, data: bytes) -> int:
+        if self.limit is not None and self.written + len(data) > self.limit:
+            raise _TooLarge()
+        self.written += len(data)
+        return self.sink.write(data)
+
+    def flush(self) -> None:
+        flush = getattr(self.sink, "flush", None)
+        if flush:
+            flush()
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def stream_object(store: ObjectStore, key: str, sink: BinaryIO | None, *, max_output: int | None = None,
+                  max_input: int | None = None) -> tuple[str, int, str | None]:
     """Read the object once: hash every byte and, with a ``sink``, write the decompressed bytes to it.
 
     Reading and hashing run on this thread, decompressing and writing on another (both release the
     GIL), joined by a small bounded queue, so memory stays at a few chunks and the two overlap. A
     decompression error does not stop the hashing: a damaged object is reported by its checksum (the
     more fundamental fact) rather than by whatever zstd made of it. A sink that refuses writes (a
-    full disk, a pg_restore that exited) raises its OSError once the object has been read."""
+    full disk, a pg_restore that exited) raises its OSError once the object has been read.
+
+    The manifest comes from the bucket, so nothing here is unbounded: with ``max_output`` (the
+    manifest's dump_bytes) decompression stops as soon as it would exceed it, and with
+    ``max_input`` (the manifest's stored_bytes) reading stops one chunk past it; both raise a
+    one-line BackupError instead of filling a disk or a pipe."""
     digest, size = hashlib.sha256(), 0
     chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
     errors: list[str] = []
     write_errors: list[OSError] = []
+    overflow = threading.Event()
 
     def decompress() -> None:
-        writer = zstandard.ZstdDecompressor().stream_writer(sink, write_size=1 << 20, closefd=False)
+        capped = _CappedSink(sink, max_output)
+        writer = zstandard.ZstdDecompressor().stream_writer(capped, write_size=1 << 20, closefd=False)
         while (chunk := chunks.get()) is not None:
-            if errors or write_errors:
+            if errors or write_errors or overflow.is_set():
                 continue  # keep draining so the reader never blocks
             try:
                 writer.write(chunk)
+            except _TooLarge:
+                overflow.set()
             except zstandard.ZstdError as exc:
                 errors.append(f"object is not a valid zstd stream: {exc}")
             except OSError as exc:
                 write_errors.append(exc)
-        if not errors and not write_errors:
+        if not errors and not write_errors and not overflow.is_set():
             try:
                 writer.flush()
+            except _TooLarge:
+                overflow.set()
             except zstandard.ZstdError as exc:
                 errors.append(f"object is not a valid zstd stream: {exc}")
             except OSError as exc:
@@ -72,29 +106,37 @@ def stream_object(store: ObjectStore, key: str, sink: BinaryIO | None) -> tuple[
             while chunk := body.read(4 * MiB):
                 digest.update(chunk)
                 size += len(chunk)
+                if max_input is not None and size > max_input:
+                    raise BackupError(f"object is larger than the manifest's {max_input} bytes; stopped reading "
+                                      "(truncated manifest or replaced object)")
+                if overflow.is_set():
+                    break
                 if worker:
                     chunks.put(chunk)
     finally:
         if worker:
             chunks.put(None)
             worker.join()
+    if overflow.is_set():
+        raise BackupError(f"decompressed more than the manifest's {max_output} bytes; stopped "
+                          "(the manifest does not describe it)")
     if write_errors:
         raise write_errors[0]
     return digest.hexdigest(), size, errors[0] if errors else None
 
 
 def pg_restore_run(argv: list[str], env: dict[str, str], *, store: ObjectStore | None, key: str | None,
-                timeout: float, log: Log) -> tuple[int, list[str]]:
+                timeout: float, log: Log, max_output: int | None = None) -> tuple[int, list[str]]:
     """Run pg_restore; with a store, feed it the decompressed object on stdin (streaming mode)."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE if store else subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=child_env(env))
+                            stderr=subprocess.STDOUT, env=child_env(env, allow=PG_ENV))
     lines: deque[str] = deque(maxlen=2000)
     pump = pump_lines(proc.stdout, None, lines)
     feed_error: list[str] = []
 
     def feed() -> None:
         try:
-            _, _, error = stream_object(store, key, proc.stdin)
+            _, _, error = stream_object(store, key, proc.stdin, max_output=max_output)
             if error:
                 feed_error.append(error)
         except (BrokenPipeError, OSError):
@@ -153,9 +195,12 @@ class Fetched:
             raise BackupError(self.zstd_error)
 
 
-def fetch_archive(store: ObjectStore, key: str, *, to_dir: str | None) -> Fetched:
+def fetch_archive(store: ObjectStore, key: str, *, to_dir: str | None, max_output: int | None = None,
+                  max_input: int | None = None) -> Fetched:
     """Read the object once, hashing it; with ``to_dir``, decompress it into a local file there
-    (for ``pg_restore -j``), which the caller removes. Without it nothing touches the disk."""
+    (for ``pg_restore -j``), which the caller removes. Without it nothing touches the disk.
+    Pass the manifest's ``dump_bytes``/``stored_bytes`` as ``max_output``/``max_input``: the
+    local file never grows past what the manifest announced (see stream_object)."""
     local: Path | None = None
     out = None
     if to_dir is not None:
@@ -163,7 +208,7 @@ def fetch_archive(store: ObjectStore, key: str, *, to_dir: str | None) -> Fetche
         local = Path(name)
         out = os.fdopen(fd, "wb")
     try:
-        digest, size, error = stream_object(store, key, out)
+        digest, size, error = stream_object(store, key, out, max_output=max_output, max_input=max_input)
     except BaseException as exc:
         if local is not None:
             local.unlink(missing_ok=True)

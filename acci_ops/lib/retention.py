@@ -4,13 +4,18 @@ For each tier (daily, weekly, monthly) the newest backup of each of the most rec
 *that have backups* is kept (restic's ``--keep-daily`` semantics): a gap in the calendar does not
 eat into what is kept. The newest backup, and any protected one (for example the newest
 validated), are always kept, whatever the policy says.
+
+Only backups acci_ops trusts take part in the ranking (lib/backups.py decides, from signed
+manifests); everything else is passed in as ``untrusted`` and always kept, with its reason, so
+keys a bucket writer adds (future-dated, unsigned) can neither push real backups out of the
+policy's window nor be deleted by it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 
 from acci_ops.lib.errors import ConfigError
 from acci_ops.lib.layout import BackupKey, manifest_key_for, parse_dump_key
@@ -45,11 +50,19 @@ _TIERS: list[tuple[str, Callable[[date], object]]] = [
 ]
 
 
-def plan_retention(backups: Sequence[BackupKey], policy: RetentionPolicy,
-                   protect: Collection[str] = ()) -> RetentionPlan:
-    """Decide which backups to keep (with the reasons) and which to delete."""
-    ordered = sorted(backups, reverse=True)  # newest first
+def plan_retention(backups: Sequence[BackupKey], policy: RetentionPolicy, protect: Collection[str] = (), *,
+                   snapshot_at: Mapping[str, datetime] | None = None,
+                   untrusted: Mapping[str, str] | None = None) -> RetentionPlan:
+    """Decide which backups to keep (with the reasons) and which to delete.
+
+    ``backups`` are ranked newest first by ``snapshot_at`` (the manifest's snapshot time) where
+    given, else by the key's time; ``untrusted`` maps keys that must not be ranked to the reason
+    they are kept."""
+    snapshot_at = snapshot_at or {}
+    ordered = sorted(backups, key=lambda b: (snapshot_at.get(b.key, b.taken_at), b.key), reverse=True)
     plan = RetentionPlan()
+    for key, reason in sorted((untrusted or {}).items()):
+        plan.keep.setdefault(key, []).append(reason)
     if not ordered:
         return plan
 
@@ -72,6 +85,12 @@ def plan_retention(backups: Sequence[BackupKey], policy: RetentionPolicy,
                 keep(backup, tier)
     plan.delete = [b.key for b in ordered if b.key not in plan.keep]
     return plan
+
+
+def untrusted_count(plan: RetentionPlan, trusted_reasons: Collection[str] = ("newest", "protected", "daily",
+                                                                              "weekly", "monthly")) -> int:
+    """How many kept backups were kept because they are not trusted (for the UI)."""
+    return sum(1 for reasons in plan.keep.values() if not set(reasons) & set(trusted_reasons))
 
 
 def complete_backups(keys: Iterable[str], environment: str) -> tuple[list[BackupKey], list[str]]:

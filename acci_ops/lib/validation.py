@@ -18,17 +18,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import yaml
 
-from acci_ops.lib import catalog
-from acci_ops.lib.backups import read_manifest
-from acci_ops.lib.commands import child_env, find_pg_tool
+from acci_ops.lib import catalog, signing
+from acci_ops.lib.backups import KEY_TIME_TOLERANCE, Trust, inspect_backup, read_manifest
+from acci_ops.lib.commands import PG_ENV, child_env, find_pg_tool
 from acci_ops.lib.dburl import DatabaseTarget
-from acci_ops.lib.errors import AcciOpsError, BackupError, ConfigError
+from acci_ops.lib.errors import BackupError, ConfigError
 from acci_ops.lib.layout import BackupKey, parse_dump_key
-from acci_ops.lib.manifest import BackupManifest
+from acci_ops.lib.manifest import MAX_ROWS, BackupManifest, Fields, check_shape, parse_json
 from acci_ops.lib.objectstore import MiB, ObjectStore
 from acci_ops.lib.pgdump import explain_pg_error
 from acci_ops.lib.restore import fetch_archive, last_error, pg_restore_run
@@ -38,6 +39,7 @@ from acci_ops.lib.scratch import (
     new_scratch_name,
     refuse_same_database,
 )
+from acci_ops.lib.signing import Keyring
 from acci_ops.lib.steps import StepFailed, StepRecorder, StepResult, steps_markdown
 
 Log = Callable[[str], None]
@@ -61,6 +63,9 @@ class ValidationSettings:
     assertions_file: str | None = None
     pg_bin_dir: str | None = None
     timeout_seconds: float = 6 * 3600
+    # Restoring as a superuser (or a member of pg_execute_server_program & co.) lets a crafted
+    # archive run shell commands on the scratch server: refused unless explicitly accepted.
+    scratch_allow_superuser: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "parallel", "stream"):
@@ -91,17 +96,63 @@ class ValidationReport:
     steps: list[StepResult] = field(default_factory=list)
     format: str = REPORT_FORMAT
     format_version: int = 1
+    # The sha256 of the object that was validated (from its manifest): binds the record to that
+    # backup, so a record copied next to another backup does not vouch for it.
+    backup_sha256: str = ""
+    signature: str | None = None  # HMAC over the other fields (lib/signing.py); None: unsigned
+
+    def payload(self) -> dict[str, Any]:
+        """Every field but the signature: what is signed."""
+        doc = asdict(self)
+        doc.pop("signature")
+        return doc
+
+    def document(self) -> dict[str, Any]:
+        doc = self.payload()
+        if self.signature is not None:
+            doc["signature"] = self.signature
+        return doc
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+        return json.dumps(self.document(), indent=2, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> ValidationReport:
-        raw = json.loads(data)
-        if raw.get("format") != REPORT_FORMAT:
-            raise BackupError("not an acci_ops validation record")
-        raw["steps"] = [StepResult(**s) for s in raw.get("steps", [])]
-        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+    def from_json(cls, data: bytes, *, where: str = "validation record") -> ValidationReport:
+        """Parse a stored record strictly (it comes from the bucket: ``"ok": "false"`` is not a
+        boolean, a list is not a record); any violation is one line naming ``where``."""
+        known = set(cls.__dataclass_fields__)
+        raw = check_shape(parse_json(data, where), where, REPORT_FORMAT, 1, known,
+                          {"environment", "backup_key", "ok"}, "validation record")
+        f = Fields(raw, where)
+        steps = raw.get("steps", [])
+        if not isinstance(steps, list) or len(steps) > 100 or not all(
+                isinstance(s, dict) and set(s) <= {"name", "status", "seconds", "detail"}
+                and isinstance(s.get("name"), str) and s.get("status") in ("passed", "failed", "skipped")
+                and type(s.get("seconds", 0.0)) in (int, float) and isinstance(s.get("detail", ""), str)
+                for s in steps):
+            raise f.fail("steps", "a list of {name, status, seconds, detail} with status passed, failed or skipped")
+        present = lambda name, check: check(name) if name in raw else cls.__dataclass_fields__[name].default  # noqa: E731
+        report = cls(
+            environment=f.string("environment", max_len=63), backup_key=f.string("backup_key"),
+            backup_uri=present("backup_uri", lambda n: f.string(n, empty=True, max_len=2048)),
+            ok=f.boolean("ok"), failure=f.optional_string("failure"),
+            database=present("database", lambda n: f.string(n, empty=True, max_len=128)),
+            snapshot_at=present("snapshot_at", lambda n: f.timestamp(n, empty=True)),
+            mode=present("mode", lambda n: f.string(n, empty=True, max_len=20)),
+            scratch_database=present("scratch_database", lambda n: f.string(n, empty=True, max_len=128)),
+            started_at=present("started_at", lambda n: f.timestamp(n, empty=True)),
+            finished_at=present("finished_at", lambda n: f.timestamp(n, empty=True)),
+            restore_seconds=present("restore_seconds", f.number),
+            validation_seconds=present("validation_seconds", f.number),
+            tables=present("tables", lambda n: f.integer(n, MAX_ROWS)),
+            total_rows=present("total_rows", lambda n: f.integer(n, MAX_ROWS)),
+            steps=[StepResult(**s) for s in steps],
+            backup_sha256=present("backup_sha256", lambda n: f.sha256(n, empty=True)),
+            signature=f.optional_string("signature", max_len=200),
+        )
+        if report.ok and (report.failure is not None or not report.snapshot_at):
+            raise BackupError(f"{where}: a passed record must have no failure and a snapshot_at")
+        return report
 
     def step(self, name: str) -> StepResult | None:
         return next((s for s in self.steps if s.name == name), None)
@@ -113,7 +164,9 @@ class ValidationReport:
         return head + "\n\n" + steps_markdown(self.steps)
 
 
-def _compare_contents(manifest: BackupManifest, counts: dict[str, int], objects: dict[str, list[str]]) -> None:
+def compare_contents(manifest: BackupManifest, counts: dict[str, int], objects: dict[str, list[str]]) -> None:
+    """Raise one line naming what a restored database lacks against the manifest (shared by
+    validation and DR, so both prove a restore the same way)."""
     problems = []
     for kind, expected in sorted(manifest.objects.items()):
         got = set(objects.get(kind, []))
@@ -167,6 +220,7 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
                                       "the backup never completed") from None
                 raise
             report.database, report.snapshot_at = manifest.database, manifest.snapshot_at
+            report.backup_sha256 = manifest.sha256
             work_dir = settings.work_dir or tempfile.gettempdir()
             Path(work_dir).mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(work_dir).free
@@ -176,14 +230,16 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
                 raise BackupError(f"not enough free disk in {work_dir} for a parallel restore: need "
                                   f"{need / 1e6:.0f} MB, {free / 1e6:.0f} MB free (or set the mode to stream)")
             report.mode = "parallel" if settings.mode == "parallel" or (settings.mode == "auto" and fits) else "stream"
-            fetched = fetch_archive(store, backup_key, to_dir=work_dir if report.mode == "parallel" else None)
+            fetched = fetch_archive(store, backup_key, to_dir=work_dir if report.mode == "parallel" else None,
+                                    max_output=manifest.dump_bytes, max_input=manifest.stored_bytes)
             local_file = fetched.local_file
             fetched.check(manifest)
             step.detail = f"sha256 and size match ({fetched.size} bytes); restore mode {report.mode}"
 
         remaining = lambda: max(1.0, settings.timeout_seconds - (time.monotonic() - t0))  # noqa: E731
         # Streaming mode feeds pg_restore the decompressed object on stdin; parallel mode names the file.
-        from_store = dict(store=store, key=backup_key) if report.mode == "stream" else dict(store=None, key=None)
+        from_store = (dict(store=store, key=backup_key, max_output=manifest.dump_bytes) if report.mode == "stream"
+                      else dict(store=None, key=None))
         archive = [str(local_file)] if report.mode == "parallel" else []
 
         with run.step("toc") as step:
@@ -200,7 +256,7 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
         with run.step("restore") as step:
             started = time.monotonic()
             name = new_scratch_name()
-            create_scratch_database(scratch, name)
+            create_scratch_database(scratch, name, allow_superuser=settings.scratch_allow_superuser)
             scratch_name = report.scratch_database = name  # from here on, cleanup drops it
             argv = [pg_restore, "--exit-on-error", "--no-owner", "--no-privileges", "--dbname", scratch_name]
             if report.mode == "parallel":
@@ -221,7 +277,7 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
                     objects = catalog.list_objects(conn)
             except psycopg.Error as exc:
                 raise BackupError(f"cannot read the restored database: {explain_pg_error(exc)}") from None
-            _compare_contents(manifest, counts, objects)
+            compare_contents(manifest, counts, objects)
             report.tables, report.total_rows = len(counts), sum(counts.values())
             step.detail = f"{len(counts)} tables, {report.total_rows} rows and all objects match the manifest"
 
@@ -257,6 +313,11 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
 
 
 def _amcheck(step: StepResult, settings: ValidationSettings, target: DatabaseTarget, timeout: float) -> None:
+    """pg_amcheck --heapallindexed on the restored database.
+
+    ``--install-missing`` creates the amcheck extension, which only a superuser may do in a fresh
+    database, and the scratch role should not be one (see ``check_scratch_role``). So with the
+    recommended role ``auto`` skips this step, and ``required`` fails with one line saying why."""
     if settings.amcheck == "off":
         step.status, step.detail = "skipped", "turned off"
         return
@@ -268,17 +329,30 @@ def _amcheck(step: StepResult, settings: ValidationSettings, target: DatabaseTar
         step.status, step.detail = "skipped", str(exc)
         return
     argv = [tool, "--heapallindexed", "--install-missing", "--jobs", str(settings.jobs), target.dbname]
-    proc = subprocess.run(argv, env=child_env(target.libpq_env()), capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(argv, env=child_env(target.libpq_env(), allow=PG_ENV), capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BackupError(f"pg_amcheck did not finish within {timeout:.0f} s and was stopped") from None
     output = (proc.stdout + proc.stderr).strip().splitlines()
     if proc.returncode == 0:
         step.detail = "heap and all indexes verified"
         return
     text = " ".join(output).lower()
-    unusable = any(s in text for s in ("permission denied", "must be superuser", "could not open extension control"))
-    if unusable and settings.amcheck == "auto":
-        step.status, step.detail = "skipped", "amcheck extension not usable by the scratch role"
+    role = target.user or "(default)"
+    if "could not open extension control" in text:
+        why = "the amcheck extension is not installed on the scratch server (package postgresql-contrib)"
+    elif any(s in text for s in ("permission denied", "must be superuser", "must have create privilege")):
+        why = f"scratch role {role} cannot install the amcheck extension (only a superuser can)"
+    else:
+        last = output[-1] if output else f"exit code {proc.returncode}"
+        raise BackupError(f"pg_amcheck found problems: {last}")
+    if settings.amcheck == "auto":
+        step.status, step.detail = "skipped", why
         return
-    raise BackupError(f"pg_amcheck found problems: {output[-1] if output else 'exit code ' + str(proc.returncode)}")
+    fix = ("set ACCI_VALIDATION_AMCHECK=auto, or use a superuser scratch role with ACCI_SCRATCH_ALLOW_SUPERUSER=true"
+           if "cannot install" in why else "install it there, or set ACCI_VALIDATION_AMCHECK=auto")
+    raise BackupError(f"ACCI_VALIDATION_AMCHECK=required, but {why}; {fix}")
 
 
 def _assertions(step: StepResult, path: str, target: DatabaseTarget, manifest: BackupManifest) -> None:
@@ -301,27 +375,70 @@ def _assertions(step: StepResult, path: str, target: DatabaseTarget, manifest: B
     step.detail = f"{len(checks)} assertions true"
 
 
-def store_report(store: ObjectStore, report: ValidationReport) -> str:
-    """Write the record beside the manifest; retention and the RPO read it from there."""
+MAX_RECORD_BYTES = 1024 * 1024  # a record is a few KiB; anything larger is not ours
+
+
+def store_report(store: ObjectStore, report: ValidationReport, keyring: Keyring | None = None) -> str:
+    """Write the record beside the manifest (signed when a key is configured); retention, the RPO
+    and DR's choice read it from there and trust only signed records."""
+    if keyring is not None:
+        report.signature = keyring.signature(report.payload())
     key = validation_key_for(report.backup_key)
     store.put_bytes(key, report.to_json())
     return store.uri_for(key)
 
 
-def newest_validated(store: ObjectStore, environment: str) -> tuple[BackupKey, ValidationReport] | None:
-    """The newest backup whose stored validation passed (reads records newest first, stops at one)."""
+def read_record(store: ObjectStore, backup_key: str) -> ValidationReport:
+    """The stored record of a backup, read bounded and parsed strictly (one-line BackupError)."""
+    key = validation_key_for(backup_key)
+    return ValidationReport.from_json(store.get_bytes(key, max_bytes=MAX_RECORD_BYTES), where=store.uri_for(key))
+
+
+def record_problem(record: ValidationReport, trust: Trust, keyring: Keyring) -> str | None:
+    """Why a parsed record does not vouch for this trusted backup, or None. A record is acci_ops's
+    only when signed, and it is about this backup only when its key, environment, sha256 and
+    snapshot are the manifest's (a signed record copied next to another backup proves nothing)."""
+    status = keyring.verify(record.document())
+    if status != signing.SIGNED:
+        return f"the record is {status}"
+    manifest = trust.manifest
+    if record.backup_key != trust.backup.key or record.environment != trust.backup.environment:
+        return f"the record is about {record.backup_key[:200]}"
+    if manifest is None or record.backup_sha256 != manifest.sha256 or (
+            record.ok and record.snapshot_at != manifest.snapshot_at):
+        return "the record describes another object than the manifest"
+    return None
+
+
+def newest_validated(store: ObjectStore, environment: str, keyring: Keyring | None = None, *,
+                     now: datetime | None = None) -> tuple[BackupKey, ValidationReport] | None:
+    """The trusted backup with the newest snapshot whose signed validation record passed.
+
+    Without a signing key nothing can be authenticated, so nothing counts as validated. Reads
+    records newest key first and stops once no older key can hold a newer snapshot; an
+    unparsable, unsigned or mismatched record counts as "not validated", never as an error."""
+    if keyring is None:
+        return None
+    now = now or datetime.now(UTC)
     keys = {o.key for o in store.list(f"{environment}/")}
     candidates = sorted(
         (parsed for k in keys if k.endswith(VALIDATION_SUFFIX)
          and (parsed := parse_dump_key(k.removesuffix(VALIDATION_SUFFIX)))
-         and parsed.key in keys and parsed.manifest_key in keys),
+         and parsed.environment == environment and parsed.key in keys and parsed.manifest_key in keys),
         reverse=True,
     )
+    best: tuple[Trust, ValidationReport] | None = None
     for backup in candidates:
-        try:
-            report = ValidationReport.from_json(store.get_bytes(validation_key_for(backup.key)))
-        except (AcciOpsError, ValueError):
+        if best and backup.taken_at < best[0].snapshot_at - 2 * KEY_TIME_TOLERANCE:
+            break
+        trust = inspect_backup(store, backup, keyring, now=now)
+        if not trust.trusted:
             continue
-        if report.ok:
-            return backup, report
-    return None
+        try:
+            record = read_record(store, backup.key)
+        except BackupError:
+            continue
+        if record.ok and record_problem(record, trust, keyring) is None:
+            if best is None or trust.snapshot_at > best[0].snapshot_at:
+                best = (trust, record)
+    return (best[0].backup, best[1]) if best else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -10,6 +11,7 @@ import dagster as dg
 import pytest
 
 from acci_ops.defs.alerts import run_failure_alert_sensor
+from acci_ops.defs.dr.jobs import _notify
 from acci_ops.defs.resources import AlertWebhook
 from acci_ops.lib.alerts import post_webhook
 from acci_ops.lib.errors import AcciOpsError
@@ -82,10 +84,90 @@ def test_run_that_will_be_retried_is_not_alerted(monkeypatch, pg_server, bucket,
     assert webhook.received == []
 
 
+class Collect(logging.Handler):
+    """Keeps what the sensor's own logger emitted (it does not propagate to the root logger)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_without_webhook_the_alert_is_logged_and_skipped(monkeypatch, pg_server, bucket, instance):
     result = failed_backup_run(monkeypatch, pg_server, bucket, instance)
-    outcome = run_failure_alert_sensor(sensor_context(instance, result, None))
+    context = sensor_context(instance, result, None)
+    collected = Collect()
+    context.log.addHandler(collected)
+    outcome = run_failure_alert_sensor(context)
     assert isinstance(outcome, dg.SkipReason) and outcome.skip_message == "no webhook configured"
+    logged = [r.getMessage() for r in collected.records if r.levelno == logging.WARNING]
+    assert len(logged) == 1
+    assert "no ACCI_ALERT_WEBHOOK_URL configured; alert not sent:" in logged[0]
+    assert "job `nightly_backup` failed" in logged[0]
+    assert 'password authentication failed for user "acci"' in logged[0]
+    assert DB_PASSWORD not in logged[0]
+
+
+@pytest.mark.parametrize("password", ["p#ss-zq93", "p?ss-zq93", "p/ss-zq93", "a@b-zq93"])
+def test_malformed_database_url_never_shows_the_password(monkeypatch, bucket, instance, webhook, password):
+    """Run failure description, everything Dagster recorded, and the alert: no part of the password."""
+    monkeypatch.setenv("ACCI_DATABASE_URL", f"postgresql://acci:{password}@127.0.0.1:notaport/acci?password=qp-zq93")
+    monkeypatch.setenv("ACCI_BACKUP_URL", f"s3://{bucket}/acci")
+    job = defs_from_env().resolve_job_def("nightly_backup")
+    result = job.execute_in_process(partition_key="2026-11-26", instance=instance, raise_on_error=False)
+    assert not result.success
+    description = result.failure_data_for_node("db_backup").user_failure_data.description
+    assert description.startswith("database URL of environment production postgresql://acci:***@")
+    assert "is malformed" in description
+    records = instance.all_logs(result.run_id)
+    recorded = "\n".join(dg.serialize_value(r) for r in records)
+    run_failure_alert_sensor(sensor_context(instance, result, webhook.url))
+    alert = webhook.received[0]["text"]
+    for text in (description, recorded, alert):
+        assert password not in text
+        assert "zq93" not in text
+
+
+def test_a_webhook_failure_during_dr_is_logged_and_does_not_stop_it(instance):
+    """DR's notifications go through _notify: a webhook answering garbage must not fail the op."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer_garbage() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"GARBAGE\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    url = f"http://hook:pw-zq93@127.0.0.1:{listener.getsockname()[1]}/services/T/B/secret-token"
+
+    @dg.op(required_resource_keys={"alert_webhook"})
+    def notify_then_continue(context: dg.OpExecutionContext) -> str:
+        _notify(context.resources.alert_webhook, context, "DR of `production` started by <!channel>")
+        return "restore would run now"
+
+    @dg.job(resource_defs={"alert_webhook": AlertWebhook(url=url, timeout_seconds=5)})
+    def dr_like() -> None:
+        notify_then_continue()
+
+    try:
+        result = dr_like.execute_in_process(instance=instance)
+    finally:
+        listener.close()
+    assert result.success
+    assert result.output_for_node("notify_then_continue") == "restore would run now"
+    errors = [r.user_message for r in instance.all_logs(result.run_id) if r.level >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert errors[0].startswith("alert not delivered (alert webhook at http://127.0.0.1:")
+    assert "BadStatusLine" in errors[0]
+    for secret in ("pw-zq93", "secret-token", "services"):
+        assert secret not in errors[0]
 
 
 def test_webhook_errors_are_one_line_without_the_token():

@@ -1,52 +1,126 @@
 """DR drills and on-call recovery as Dagster runs them, end to end with the local backend:
-real PostgreSQL, real Redis, S3 over HTTP, and the stand-in app (acci_ops_tests/fakeapp.py)."""
+real PostgreSQL, real Redis, S3 over HTTP, and the stand-in app (acci_ops_tests/fakeapp.py).
+
+Recovery FLUSHALLs production's Redis, so these tests give it a redis-server of their own; the apps
+a recovery starts (and never tears down) are stopped by the pid they wrote, never by name."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import sys
+import threading
+from pathlib import Path
+from urllib.parse import quote
 
 import dagster as dg
 import pytest
 import redis
+import yaml
 
 from acci_ops.lib.dburl import parse_database_url
 from acci_ops.lib.localpg import load_sample_data
+from acci_ops.lib.objectstore import open_store
 from acci_ops.lib.scratch import list_scratch_databases
+from acci_ops.lib.validation import store_report, validate_backup
 from acci_ops_tests.conftest import all_keys
 from acci_ops_tests.defs.conftest import defs_from_env
 from acci_ops_tests.defs.test_alerts import Webhook
-from acci_ops_tests.servers import DB_PASSWORD
+from acci_ops_tests.servers import start_redis
+
+# The production role of these tests: CREATEDB and owner of its database (what the DR switch needs),
+# with a password that must be percent-encoded in a URL (item 11: the app's DATABASE_URL after DR).
+DR_ROLE = "acci_dr_owner"
+DR_PASSWORD = "p@ss/w0rd#?%-DR-SECRET"
+SIGNING_KEY = "dr-tests-signing-key-0123456789abcdef-SECRET"
+
+
+def dr_url(pg_server, dbname: str) -> str:
+    password = quote(DR_PASSWORD, safe="")
+    return f"postgresql://{DR_ROLE}:{password}@127.0.0.1:{pg_server.pg.port}/{dbname}?sslmode=disable"
+
+
+def own_database(pg_server, name: str) -> None:
+    pg_server.pg.psql(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{DR_ROLE}') THEN "
+                      f"CREATE ROLE {DR_ROLE} LOGIN CREATEDB PASSWORD '{DR_PASSWORD}'; END IF; END $$")
+    pg_server.pg.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    load_sample_data(pg_server.pg, name)
+    pg_server.pg.psql(f"ALTER DATABASE {name} OWNER TO {DR_ROLE}")
+    for table in ("tenants", "users", "sessions"):
+        pg_server.pg.psql(f"ALTER TABLE {table} OWNER TO {DR_ROLE}", name)
+    pg_server.pg.psql(f"ALTER VIEW active_sessions OWNER TO {DR_ROLE}; "
+                      f"ALTER FUNCTION tenant_user_count(int) OWNER TO {DR_ROLE}", name)
+
+
+def drop_databases(pg_server, prefix: str) -> None:
+    for name in databases(pg_server, prefix):
+        pg_server.pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def databases(pg_server, prefix: str) -> list[str]:
+    out = pg_server.pg.psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%' ORDER BY 1")
+    return out.split() if out else []
+
+
+def shape(pg_server, dbname: str) -> tuple[str, ...]:
+    """Constraints, tables and row counts: what a half-dropped or overwritten database changes."""
+    return tuple(pg_server.pg.psql(query, dbname) for query in (
+        "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = 'public'",
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+        "SELECT count(*) FROM tenants", "SELECT count(*) FROM users", "SELECT count(*) FROM sessions"))
 
 
 @pytest.fixture
 def prod_db(pg_server):
-    """A database playing production for DR (recovery restores into it with --clean)."""
+    """A database playing production for DR, owned by a role with CREATEDB (the switch renames it)."""
     name = "acci_prod_dr"
-    pg_server.pg.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    load_sample_data(pg_server.pg, name)
-    pg_server.pg.psql(f"GRANT ALL ON SCHEMA public TO acci; GRANT ALL ON ALL TABLES IN SCHEMA public TO acci; "
-                      f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO acci; ALTER DATABASE {name} OWNER TO acci",
-                      name)
-    for table in ("tenants", "users", "sessions"):
-        pg_server.pg.psql(f"ALTER TABLE {table} OWNER TO acci", name)
-    pg_server.pg.psql("ALTER VIEW active_sessions OWNER TO acci; ALTER FUNCTION tenant_user_count(int) OWNER TO acci",
-                      name)
+    drop_databases(pg_server, name)
+    own_database(pg_server, name)
     yield name
-    pg_server.pg.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    drop_databases(pg_server, name)
 
 
 @pytest.fixture
-def dr_env(monkeypatch, pg_server, prod_db, bucket, scratch_url, redis_server):
-    monkeypatch.setenv("ACCI_DATABASE_URL", pg_server.url(prod_db))
+def dr_redis(tmp_path):
+    """Production's (db 3) and the drill's (db 4) Redis: a server of this test's own."""
+    (tmp_path / "redis").mkdir()
+    server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def app_pids(tmp_path):
+    """The file the stand-in apps of this test append their pid to; they are stopped at the end."""
+    path = tmp_path / "apps.pid"
+    yield path
+    for line in (path.read_text().split() if path.exists() else []):
+        try:
+            cmdline = Path(f"/proc/{line}/cmdline").read_bytes()
+        except OSError:
+            continue  # already gone
+        if str(path).encode() in cmdline:  # still our app, not a recycled pid
+            os.kill(int(line), signal.SIGTERM)
+
+
+def app_command(pidfile: Path) -> str:
+    return f"{sys.executable} -m acci_ops_tests.fakeapp --pidfile {pidfile}"
+
+
+@pytest.fixture
+def dr_env(monkeypatch, pg_server, prod_db, bucket, scratch_url, dr_redis, app_pids):
+    monkeypatch.setenv("ACCI_DATABASE_URL", dr_url(pg_server, prod_db))
     monkeypatch.setenv("ACCI_BACKUP_URL", f"s3://{bucket}/acci")
     monkeypatch.setenv("ACCI_SCRATCH_DATABASE_URL", scratch_url)
     monkeypatch.setenv("ACCI_PLATFORM", "local")
-    monkeypatch.setenv("ACCI_LOCAL_APP_COMMAND", f"{sys.executable} -m acci_ops_tests.fakeapp")
-    monkeypatch.setenv("ACCI_REDIS_URL", redis_server.url(3))
-    monkeypatch.setenv("ACCI_DRILL_REDIS_URL", redis_server.url(4))
+    monkeypatch.setenv("ACCI_LOCAL_APP_COMMAND", app_command(app_pids))
+    monkeypatch.setenv("ACCI_REDIS_URL", dr_redis.url(3))
+    monkeypatch.setenv("ACCI_DRILL_REDIS_URL", dr_redis.url(4))
     monkeypatch.setenv("ACCI_REQUIRED_METRICS", "acci_up,acci_users")
     monkeypatch.setenv("ACCI_HEALTH_DEADLINE_SECONDS", "20")
+    monkeypatch.setenv("ACCI_BACKUP_SIGNING_KEY", SIGNING_KEY)
     return bucket
 
 
@@ -120,8 +194,12 @@ def test_recovery_refuses_without_typed_confirmation(dr_env, instance, pg_server
         hook.close()
 
 
-def test_recovery_restores_flushes_verifies_and_records(dr_env, instance, pg_server, prod_db, redis_server,
-                                                        monkeypatch):
+def logs(instance, result) -> list[str]:
+    return [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
+
+
+def test_recovery_restores_beside_switches_flushes_verifies_and_records(dr_env, instance, pg_server, prod_db,
+                                                                         dr_redis, s3, monkeypatch):
     hook = Webhook()
     monkeypatch.setenv("ACCI_ALERT_WEBHOOK_URL", hook.url)
     monkeypatch.setenv("ACCI_APP_URL", "http://127.0.0.1:9")  # the local platform reports its own URL
@@ -129,37 +207,216 @@ def test_recovery_restores_flushes_verifies_and_records(dr_env, instance, pg_ser
         key = nightly(instance)
         # The disaster: a table dropped, and a cache full of stale entries.
         pg_server.pg.psql("DROP TABLE sessions CASCADE", prod_db)  # takes the active_sessions view with it
-        redis.Redis.from_url(redis_server.url(3)).set("stale", "1")
+        redis.Redis.from_url(dr_redis.url(3)).set("stale", "1")
         result = recover(instance, environment="production", confirm="production", operator="alice")
-        assert result.success
+        assert result.success, logs(instance, result)[-3:]
         assert pg_server.pg.psql("SELECT count(*) FROM sessions", prod_db) == "5000"
         assert pg_server.pg.psql("SELECT to_regclass('active_sessions') IS NOT NULL", prod_db) == "t"
-        assert redis.Redis.from_url(redis_server.url(3)).dbsize() == 0
+        assert redis.Redis.from_url(dr_redis.url(3)).dbsize() == 0
+        # The database as it was is kept for forensics, named in the metadata and the report.
+        [kept] = databases(pg_server, f"{prod_db}_before_dr_")
+        assert pg_server.pg.psql("SELECT to_regclass('sessions') IS NULL", kept) == "t"
+        assert databases(pg_server, f"{prod_db}_dr_") == []
+        [output] = [e.event_specific_data for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+        metadata = {k: v.value for k, v in output.metadata.items()}
+        assert metadata["kept_database"] == kept and kept in metadata["report"]
+        assert "| switch | passed |" in metadata["report"]
         tags = instance.get_run_by_id(result.run_id).tags
         assert tags["acci/dr-operator"] == "alice" and tags["acci/dr-outcome"] == "succeeded"
         assert tags["acci/dr-backup"] == key and tags["acci/operation"] == "dr"
         texts = [m["text"] for m in hook.received]
         assert texts[0].startswith(":rotating_light: DR of `production` started by alice with backup ")
         assert texts[1].startswith("DR of `production` succeeded (RTO ")
+        # The recoveries/<env>/ report is stored and reads back.
+        reports = [k for k in all_keys(s3, dr_env) if k.startswith("acci/recoveries/production/")]
+        assert len(reports) == 1 and reports[0].endswith("-recovery.json")
+        stored = json.loads(s3.get_object(Bucket=dr_env, Key=reports[0])["Body"].read())
+        assert stored["ok"] is True and stored["backup_key"] == key and stored["kept_database"] == kept
+        assert [s["name"] for s in stored["steps"]] == ["infrastructure", "restore", "switch", "cache", "verify"]
         recorded = "\n".join(dg.serialize_value(r) for r in instance.all_logs(result.run_id))
-        assert DB_PASSWORD not in recorded
+        assert DR_PASSWORD not in recorded and quote(DR_PASSWORD, safe="") not in recorded
     finally:
         hook.close()
-        # The local platform is never torn down by recovery: stop the app it started.
-        import subprocess
-
-        subprocess.run(["pkill", "-f", "acci_ops_tests.fakeapp"], check=False)
+        drop_databases(pg_server, f"{prod_db}_before_dr_")
 
 
-def test_recovery_refuses_an_unvalidated_backup_unless_overridden(dr_env, instance, monkeypatch):
+@pytest.fixture
+def staging_backup(pg_server, bucket, scratch_url):
+    """A validated staging backup (database acci_staging) in production's store."""
+    pg_server.pg.psql("DROP DATABASE IF EXISTS acci_staging WITH (FORCE)")
+    pg_server.pg.psql("CREATE DATABASE acci_staging")
+    pg_server.pg.psql("CREATE TABLE tenants (id int, name text); INSERT INTO tenants VALUES (1, 'staging-tenant')",
+                      "acci_staging")
+    from datetime import date
+
+    from acci_ops.lib.pgdump import run_backup
+
+    store = open_store(f"s3://{bucket}/acci")
+    key = run_backup(environment="staging", target=parse_database_url(pg_server.pg.url("acci_staging")), store=store,
+                     partition=date(2026, 11, 20), log=lambda line: None).manifest.object_key
+    report = validate_backup(store=store, backup_key=key, scratch=parse_database_url(scratch_url),
+                             environment="staging", log=lambda line: None)
+    assert report.ok, report.failure
+    store_report(store, report)
+    yield key
+    pg_server.pg.psql("DROP DATABASE IF EXISTS acci_staging WITH (FORCE)")
+
+
+def test_recovery_refuses_another_environments_backup(dr_env, instance, pg_server, prod_db, staging_backup,
+                                                      monkeypatch):
+    hook = Webhook()
+    monkeypatch.setenv("ACCI_ALERT_WEBHOOK_URL", hook.url)
+    try:
+        nightly(instance)
+        before = shape(pg_server, prod_db)
+        into = "refusing to restore it into production/acci_prod_dr; nothing was touched"
+        for named, owner in ((staging_backup, "belongs to staging/acci_staging"),
+                             ("production/../" + staging_backup, "is not a production backup")):
+            result = recover(instance, environment="production", confirm="production", operator="mallory",
+                             backup_key=named, allow_unvalidated_backup=True)
+            assert not result.success
+            description = result.failure_data_for_node("recover_environment").user_failure_data.description
+            assert description.startswith(f"backup {named} {owner}") and description.endswith(into)
+            assert "\n" not in description
+        assert shape(pg_server, prod_db) == before
+        assert pg_server.pg.psql("SELECT count(*) FROM tenants WHERE name = 'staging-tenant'", prod_db) == "0"
+        assert databases(pg_server, prod_db) == [prod_db]
+        assert hook.received == []  # refused before "DR started" was even announced
+    finally:
+        hook.close()
+
+
+def test_recovery_refuses_an_unvalidated_backup_unless_overridden(dr_env, instance, pg_server, prod_db, monkeypatch):
     monkeypatch.delenv("ACCI_SCRATCH_DATABASE_URL")  # backups are taken but never validated
     key = nightly(instance)
     monkeypatch.setenv("ACCI_SCRATCH_DATABASE_URL", "postgresql://unused@127.0.0.1:1/postgres")
-    result = recover(instance, environment="production", confirm="production", operator="bob", backup_key=key,
-                     skip_infrastructure=True)
+    pg_server.pg.psql("DELETE FROM sessions", prod_db)
+    result = recover(instance, environment="production", confirm="production", operator="bob", backup_key=key)
     assert not result.success
     description = result.failure_data_for_node("recover_environment").user_failure_data.description
-    assert description == (f"backup {key} has not been validated; validate it first or set allow_unvalidated_backup")
+    assert "has not been validated" in description and "allow_unvalidated_backup" in description
+    assert pg_server.pg.psql("SELECT count(*) FROM sessions", prod_db) == "0"
+    # With the override set, the same backup is restored.
+    result = recover(instance, environment="production", confirm="production", operator="bob", backup_key=key,
+                     allow_unvalidated_backup=True)
+    assert result.success, logs(instance, result)[-3:]
+    assert pg_server.pg.psql("SELECT count(*) FROM sessions", prod_db) == "5000"
+    drop_databases(pg_server, f"{prod_db}_before_dr_")
+
+
+class GarbageWebhook:
+    """Answers every request with bytes that are not HTTP: http.client raises BadStatusLine."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/services/T000/B000/hook-SECRETPATH-42"
+        self.hits = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"garbage\r\n\r\n")
+                self.hits += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_broken_webhook_does_not_stop_recovery(dr_env, instance, pg_server, prod_db, monkeypatch):
+    hook = GarbageWebhook()
+    monkeypatch.setenv("ACCI_ALERT_WEBHOOK_URL", hook.url)
+    try:
+        nightly(instance)
+        pg_server.pg.psql("DELETE FROM sessions", prod_db)
+        result = recover(instance, environment="production", confirm="production", operator="carol")
+        assert result.success, logs(instance, result)[-3:]
+        assert pg_server.pg.psql("SELECT count(*) FROM sessions", prod_db) == "5000"
+        assert hook.hits >= 2  # "started" and the outcome were both attempted
+        failures = [m for m in logs(instance, result) if m.startswith("alert not delivered")]
+        assert len(failures) == 2 and all("\n" not in m for m in failures)
+        assert all("SECRETPATH" not in m for m in logs(instance, result))
+    finally:
+        hook.close()
+        drop_databases(pg_server, f"{prod_db}_before_dr_")
+
+
+@pytest.fixture
+def staging_db(pg_server):
+    name = "acci_staging_dr"
+    drop_databases(pg_server, name)
+    own_database(pg_server, name)
+    yield name
+    drop_databases(pg_server, name)
+
+
+def test_several_environments_drill_and_recover_only_their_own(monkeypatch, tmp_path, instance, pg_server, prod_db,
+                                                                 staging_db, bucket, scratch_url, dr_redis,
+                                                                 app_pids, s3):
+    (tmp_path / "staging-redis").mkdir()
+    staging_redis = start_redis(tmp_path / "staging-redis")
+    try:
+        def dr(redis_env: str, drill_env: str) -> dict:
+            return {"platform": "local", "local_command": app_command(app_pids), "redis_url_env": redis_env,
+                    "drill_redis_url_env": drill_env, "required_metrics": ["acci_up", "acci_users"],
+                    "health_deadline_seconds": 20}
+
+        doc = {"environments": {
+            "production": {"database_url_env": "PROD_DB_URL", "backup_url": f"s3://{bucket}/prod",
+                           "dr": dr("PROD_REDIS_URL", "PROD_DRILL_REDIS_URL")},
+            "staging": {"database_url_env": "STAGING_DB_URL", "backup_url": f"s3://{bucket}/staging",
+                        "dr": dr("STAGING_REDIS_URL", "STAGING_DRILL_REDIS_URL")},
+        }}
+        path = tmp_path / "environments.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        for name, value in {"ACCI_ENVIRONMENTS_FILE": str(path), "ACCI_SCRATCH_DATABASE_URL": scratch_url,
+                            "ACCI_BACKUP_SIGNING_KEY": SIGNING_KEY,
+                            "PROD_DB_URL": dr_url(pg_server, prod_db), "STAGING_DB_URL": dr_url(pg_server, staging_db),
+                            "PROD_REDIS_URL": dr_redis.url(3), "PROD_DRILL_REDIS_URL": dr_redis.url(4),
+                            "STAGING_REDIS_URL": staging_redis.url(0),
+                            "STAGING_DRILL_REDIS_URL": staging_redis.url(1)}.items():
+            monkeypatch.setenv(name, value)
+        backup = defs_from_env().resolve_job_def("nightly_backup").execute_in_process(
+            partition_key="2026-11-26", instance=instance)
+        assert backup.success
+        staging_keys = [k for k in all_keys(s3, bucket) if k.startswith("staging/staging/") and k.endswith(".zst")]
+        assert len(staging_keys) == 1
+        staging_key = staging_keys[0].removeprefix("staging/")
+
+        # A drill of staging rehearses staging only.
+        drill = defs_from_env().resolve_job_def("dr_drill").execute_in_process(
+            instance=instance, run_config={"ops": {"run_dr_drill": {"config": {"environment": "staging"}}}})
+        assert drill.success
+        [materialization] = drill_events(drill)
+        assert materialization.asset_key == dg.AssetKey(["staging", "dr_drill"])
+
+        # DR of production: staging's database and Redis are untouched; staging's backup is refused.
+        staging_cache = redis.Redis.from_url(staging_redis.url(0))
+        staging_cache.set("staging-session", "keep")
+        pg_server.pg.psql("INSERT INTO tenants (name) VALUES ('staging-only')", staging_db)
+        staging_before = shape(pg_server, staging_db)
+        pg_server.pg.psql("DELETE FROM sessions", prod_db)
+        refused = recover(instance, environment="production", confirm="production", operator="dave",
+                          backup_key=staging_key, allow_unvalidated_backup=True)
+        assert not refused.success
+        assert "belongs to staging/acci_staging_dr" in \
+            refused.failure_data_for_node("recover_environment").user_failure_data.description
+        result = recover(instance, environment="production", confirm="production", operator="dave")
+        assert result.success, logs(instance, result)[-3:]
+        assert pg_server.pg.psql("SELECT count(*) FROM sessions", prod_db) == "5000"
+        assert shape(pg_server, staging_db) == staging_before
+        assert databases(pg_server, staging_db) == [staging_db]
+        assert staging_cache.get("staging-session") == b"keep"
+    finally:
+        staging_redis.stop()
+        drop_databases(pg_server, f"{prod_db}_before_dr_")
 
 
 def test_launchpad_config_is_described(dr_env):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -15,6 +16,7 @@ from acci_ops.lib.validation import ValidationReport, validation_key_for
 from acci_ops_tests.conftest import all_keys
 from acci_ops_tests.defs.conftest import defs_from_env
 from acci_ops_tests.servers import DB_PASSWORD
+from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY, put_backup, put_record
 
 
 @pytest.fixture
@@ -50,8 +52,12 @@ def test_nightly_flow_backs_up_validates_and_then_copies(validating_env, s3, ins
     assert validated["validated_backup_key"].value == key
     assert isinstance(validated["rpo_hours"].value, float)
     assert len(result.asset_materializations_for_node("db_backup_offsite")) == 1
+    assert meta["signed"] is True and validated["signed"].value is True
+    assert json.loads(stored)["signature"].startswith("hmac-sha256:")
     recorded = "\n".join(dg.serialize_value(r) for r in instance.all_logs(result.run_id))
-    assert DB_PASSWORD not in recorded and "scratch-Pw-77q" not in recorded
+    run = instance.get_run_by_id(result.run_id)
+    recorded += json.dumps(run.run_config, default=str) + json.dumps(run.tags)
+    assert DB_PASSWORD not in recorded and "scratch-Pw-77q" not in recorded and TEST_SIGNING_KEY not in recorded
 
 
 def test_failed_validation_blocks_offsite_and_is_not_marked_validated(validating_env, s3, instance, tmp_path,
@@ -86,6 +92,11 @@ def seed_foreign_backups(s3, bucket: str, days: list[date], env: str = "producti
     return keys
 
 
+def seed_signed_backups(s3, bucket: str, days: list[date]) -> list[str]:
+    """Backups as this acci_ops writes them (signed manifests), without running pg_dump."""
+    return [put_backup((s3, bucket, "acci"), "production", day) for day in days]
+
+
 def sensor_tick(instance, cursor=None):
     defs = defs_from_env()
     sensor = defs.resolve_sensor_def("backup_validation_sensor")
@@ -109,9 +120,11 @@ def test_sensor_reads_only_new_keys_among_thousands(validating_env, s3, instance
     # The work done: only the four keys after the cursor were read, not the 2000 before it.
     scan = scan_new_backups(open_store(f"s3://{bucket}/acci"), "production", json.loads(cursor)["production"])
     assert scan.examined == 4 and [b.key for b in scan.new_backups] == new
-    # Next tick: nothing new, nothing requested, cursor unchanged.
+    # Next tick: nothing new; the last 7 days are re-examined (late arrivals), so the two backups
+    # still without a record are requested again under the same run keys, which Dagster dedupes.
     again, _ = sensor_tick(instance, result.cursor)
-    assert again.run_requests == [] and again.cursor == result.cursor
+    assert again.cursor == result.cursor
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in requests]
 
 
 def test_sensor_first_tick_looks_back_two_days_only(validating_env, s3, instance):
@@ -136,10 +149,15 @@ def test_stray_keys_do_not_stall_the_cursor(validating_env, s3, instance):
 
 def test_sensor_skips_backups_already_validated(validating_env, s3, instance):
     bucket, _ = validating_env
-    keys = seed_foreign_backups(s3, bucket, [date(2026, 11, 20), date(2026, 11, 21)])
-    s3.put_object(Bucket=bucket, Key=f"acci/{validation_key_for(keys[0])}", Body=b"{}")
+    keys = seed_signed_backups(s3, bucket, [date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20)])
+    store = open_store(f"s3://{bucket}/acci")
+    read = lambda key: json.loads(store.get_bytes(manifest_key_for(key)))  # noqa: E731
+    put_record(store, keys[0], read_manifest=read)
+    # A record planted by someone else (unsigned, or not even a record) does not hide a backup.
+    put_record(store, keys[1], signed=False, read_manifest=read)
+    s3.put_object(Bucket=bucket, Key=f"acci/{validation_key_for(keys[2])}", Body=b"{}")
     result, _ = sensor_tick(instance, json.dumps({"production": "production/2026-11-01/"}))
-    assert [r.tags["acci/backup_key"] for r in result.run_requests] == [keys[1]]
+    assert [r.tags["acci/backup_key"] for r in result.run_requests] == keys[1:]
 
 
 def test_sensor_run_validates_the_named_backup(validating_env, s3, instance):
@@ -159,12 +177,11 @@ def test_retention_keeps_the_newest_validated_backup(validating_env, s3, instanc
     bucket, _ = validating_env
     for tier in ("DAILY", "WEEKLY", "MONTHLY"):
         monkeypatch.setenv(f"ACCI_RETENTION_{tier}", "0")
-    keys = seed_foreign_backups(s3, bucket, [date(2026, 11, d) for d in range(1, 8)])
+    keys = seed_signed_backups(s3, bucket, [date(2026, 11, d) for d in range(1, 8)])
     store = open_store(f"s3://{bucket}/acci")
-    good = ValidationReport("production", keys[2], "", ok=True, snapshot_at="2026-11-03T23:00:00+00:00")
-    bad = ValidationReport("production", keys[4], "", ok=False, failure="manifest: broken")
-    for report in (good, bad):
-        store.put_bytes(validation_key_for(report.backup_key), report.to_json())
+    read = lambda key: json.loads(store.get_bytes(manifest_key_for(key)))  # noqa: E731
+    put_record(store, keys[2], read_manifest=read)
+    put_record(store, keys[4], ok=False, read_manifest=read)
     job = defs_from_env().resolve_job_def("backup_retention")
     assert job.execute_in_process(instance=instance).success
     remaining = {k.removeprefix("acci/") for k in all_keys(s3, bucket)}
@@ -188,3 +205,47 @@ def test_validation_shows_in_definitions(validating_env):
     assert spec.freshness_policy.fail_window.to_timedelta() == timedelta(hours=26)
     checks = list(defs.resolve_asset_graph().asset_check_keys)
     assert checks == [dg.AssetCheckKey(dg.AssetKey("db_backup"), "restores_cleanly")]
+
+
+def test_an_unsigned_backup_is_validated_but_flagged_and_never_counted(validating_env, s3, instance, monkeypatch,
+                                                                     caplog):
+    """A backup written without the key (another tool, or acci_ops before the key was set)."""
+    bucket, _ = validating_env
+    defs = defs_from_env()
+    signed = defs.resolve_job_def("nightly_backup").execute_in_process(
+        partition_key="2026-11-25", instance=instance)
+    signed_key = signed.asset_materializations_for_node("db_backup")[0].metadata["object_key"].value
+    monkeypatch.delenv("ACCI_BACKUP_SIGNING_KEY")
+    unsigned = defs_from_env().resolve_job_def("nightly_backup").execute_in_process(
+        partition_key="2026-11-26", instance=instance, asset_selection=[dg.AssetKey("db_backup")])
+    meta = unsigned.asset_materializations_for_node("db_backup")[0].metadata
+    key = meta["object_key"].value
+    assert meta["signed"].value is False
+    assert "signature" not in json.loads(s3.get_object(Bucket=bucket, Key=f"acci/{manifest_key_for(key)}")["Body"]
+                                         .read())
+    monkeypatch.setenv("ACCI_BACKUP_SIGNING_KEY", TEST_SIGNING_KEY)
+    result = defs_from_env().resolve_job_def("validate_backup").execute_in_process(
+        partition_key="2026-11-26", instance=instance, tags={"acci/backup_key": key})
+    assert result.success
+    evaluation, check_meta = check_evaluation(result)
+    assert evaluation.passed and check_meta["signed"] is False
+    assert check_meta["trust"] == "unsigned (not written by this acci_ops)"
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert f"backup {key} is unsigned (not written by this acci_ops): DR never chooses it by default and " \
+           "retention keeps it without ranking it" in warnings
+    validated = result.asset_materializations_for_node("db_backup_validated")[0].metadata
+    assert validated["validated_backup_key"].value == signed_key  # the unsigned one is not counted
+
+
+def test_without_a_signing_key_the_validated_asset_says_why(validating_env, instance, monkeypatch):
+    monkeypatch.delenv("ACCI_BACKUP_SIGNING_KEY")
+    result = defs_from_env().resolve_job_def("nightly_backup").execute_in_process(
+        partition_key="2026-11-26", instance=instance, raise_on_error=False)
+    evaluation, _ = check_evaluation(result)
+    assert evaluation.passed  # the backup restores; it just cannot be authenticated
+    failure = result.failure_data_for_node("db_backup_validated").user_failure_data.description
+    assert failure == ("ACCI_BACKUP_SIGNING_KEY is not set: backups cannot be authenticated; retention deletes "
+                       "nothing and DR needs an explicit backup; no backup can be marked validated until it is set")
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert warnings.count("ACCI_BACKUP_SIGNING_KEY is not set: backups cannot be authenticated; retention deletes "
+                          "nothing and DR needs an explicit backup") == 1

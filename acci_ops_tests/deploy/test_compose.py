@@ -116,3 +116,56 @@ def test_healthchecks_make_up_wait_meaningful(merged: dict) -> None:
     assert "ports" not in services["db"] and "ports" not in services["cache"]
     assert {"postgres_data", "redis_data"} <= set(merged["volumes"])
     assert services["db"]["image"] == "postgres:15-alpine" and services["cache"]["image"] == "redis:7-alpine"
+
+
+OVERLAY = COMPOSE_DIR / "docker-compose.acci-ops.yml"
+
+
+def test_drill_overlay_wires_the_app_to_what_acci_ops_passes(compose: list[str]) -> None:
+    """With the drill overlay the app's DATABASE_URL and REDIS_URL are exactly the ones in the environment
+    (not the stack's own db and cache) and the app is published on ACCI_FRAMEWORK_PORT (merged config only;
+    no Docker engine here)."""
+    database_url = "postgresql://acci:p%40ss%2Fw0rd@scratch.internal:5432/acci_scratch_1?sslmode=require"
+    env = {"POSTGRES_PASSWORD": PASSWORD, "DATABASE_URL": database_url, "REDIS_URL": "redis://drill-cache:6379/4",
+           "ACCI_FRAMEWORK_PORT": "18181"}
+    done = run_compose(compose, "config", env=env, files=(BASE, PROD, OVERLAY))
+    assert done.returncode == 0, done.stderr
+    app = yaml.safe_load(done.stdout)["services"]["app"]
+    assert app["environment"]["DATABASE_URL"] == database_url
+    assert app["environment"]["REDIS_URL"] == "redis://drill-cache:6379/4"
+    assert [str(p.get("published")) for p in app["ports"]] == ["18181"]
+    # The overlay refuses to run without them rather than fall back to the stack's own database.
+    missing = run_compose(compose, "config", "-q", env={"POSTGRES_PASSWORD": PASSWORD}, files=(BASE, PROD, OVERLAY))
+    assert missing.returncode != 0 and "acci_ops passes DATABASE_URL" in missing.stderr
+
+
+def test_compose_platform_drill_resolves_to_the_drill_stack(compose: list[str]) -> None:
+    """The exact command and environment ComposePlatform uses for a drill, resolved by the real Compose CLI
+    (`config` in place of `up`): the app gets the drill database, the drill Redis and the free port returned."""
+    from acci_ops.lib.commands import CommandResult
+    from acci_ops.lib.dburl import parse_database_url
+    from acci_ops.lib.platform import AppRuntime, ComposePlatform
+
+    seen: dict = {}
+
+    def resolve(argv, env=None, timeout=None, on_line=None, **kwargs) -> CommandResult:
+        argv = list(argv)
+        done = subprocess.run([*argv[:argv.index("up")], "config"], capture_output=True, text=True, timeout=60,
+                              cwd=COMPOSE_DIR, env={**{k: v for k, v in os.environ.items()
+                                                       if not k.startswith(("POSTGRES_", "ACCI_FRAMEWORK_"))},
+                                                    **(env or {})})
+        assert done.returncode == 0, done.stderr
+        seen.update(yaml.safe_load(done.stdout))
+        return CommandResult(tuple(argv), 0, 0.0, ())
+
+    target = parse_database_url("postgresql://acci_scratch:p%40ss%2Fw0rd%23@scratch.internal:5432/acci_scratch_1"
+                                "?sslmode=require")
+    runtime = AppRuntime(target, "redis://drill-cache:6379/4")
+    platform = ComposePlatform(project="acci-drill-test", files=[str(BASE), str(PROD)], compose=compose,
+                               runner=resolve, drill=True)
+    url = platform.up(runtime, lambda line: None)
+    app = seen["services"]["app"]
+    assert parse_database_url(app["environment"]["DATABASE_URL"]) == target
+    assert app["environment"]["REDIS_URL"] == "redis://drill-cache:6379/4"
+    [port] = [str(p.get("published")) for p in app["ports"]]
+    assert url == f"http://127.0.0.1:{port}" and port != "8080"

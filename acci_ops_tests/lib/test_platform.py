@@ -7,16 +7,16 @@ and Compose files themselves are linted and rendered for real in acci_ops_tests/
 
 from __future__ import annotations
 
-import os
 import stat
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from acci_ops.lib.commands import CommandResult
-from acci_ops.lib.dburl import parse_database_url
+from acci_ops.lib.dburl import DatabaseTarget, parse_database_url
 from acci_ops.lib.errors import AcciOpsError, ConfigError
 from acci_ops.lib.localpg import free_port
 from acci_ops.lib.platform import AppRuntime, ComposePlatform, HelmPlatform, LocalPlatform
@@ -97,6 +97,54 @@ def test_compose_commands(tmp_path):
     assert down["argv"][-3:] == ["down", "--volumes", "--remove-orphans"]
 
 
+def test_compose_drill_wires_the_app_to_the_drill_and_a_free_port(tmp_path):
+    """A drill adds the overlay that makes the app use the DATABASE_URL/REDIS_URL acci_ops passes, and
+    publishes the app on a free port whose URL it returns (never production's 8080)."""
+    base, prod = tmp_path / "docker-compose.yml", tmp_path / "docker-compose.prod.yml"
+    base.write_text("services: {}\n")
+    prod.write_text("services: {}\n")
+    runner = Recorder()
+    compose = ComposePlatform(project="acci-drill-1", files=[str(base), str(prod)], runner=runner, drill=True)
+    url = compose.up(RUNTIME, print)
+    [up] = runner.calls
+    port = up["env"]["ACCI_FRAMEWORK_PORT"]
+    assert url == f"http://127.0.0.1:{port}" and port != "8080"
+    assert up["argv"][:9] == ["docker", "compose", "--project-name", "acci-drill-1", "--file", str(base), "--file",
+                              str(prod), "--file"]
+    assert up["argv"][9].endswith("deploy/compose/docker-compose.acci-ops.yml") and Path(up["argv"][9]).is_file()
+    assert up["env"]["DATABASE_URL"] == RUNTIME.database.to_url() and up["env"]["REDIS_URL"] == RUNTIME.redis_url
+    recovery = ComposePlatform(project="acci", files=[str(base), str(prod)], runner=Recorder())
+    assert recovery.up(RUNTIME, print) == "http://127.0.0.1:8080"
+    assert "ACCI_FRAMEWORK_PORT" not in recovery.runner.calls[0]["env"]
+    assert not any("acci-ops" in arg for arg in recovery.runner.calls[0]["argv"])
+
+
+TRICKY = "p@ss/w0rd#?%"
+
+
+def test_app_database_url_round_trips_password_and_options():
+    target = DatabaseTarget("db.internal", 5433, "acci", "acci", TRICKY,
+                            (("sslmode", "verify-full"), ("sslrootcert", "/etc/ssl/acci ca.pem")))
+    assert parse_database_url(target.to_url()) == target
+    url = AppRuntime(target, "redis://cache:6379/0").env()["DATABASE_URL"]
+    assert parse_database_url(url) == target
+    assert TRICKY not in url and "sslmode=verify-full" in url and "sslrootcert=%2Fetc%2Fssl%2Facci%20ca.pem" in url
+    bare = DatabaseTarget("127.0.0.1", 5432, "acci")
+    assert bare.to_url() == "postgresql://127.0.0.1:5432/acci" and parse_database_url(bare.to_url()) == bare
+
+
+def test_the_app_connects_with_the_url_it_is_given(pg_server):
+    """libpq (through psycopg, as the stand-in app connects) reads the URL exactly as acci_ops meant it."""
+    pg_server.pg.psql("DROP ROLE IF EXISTS acci_tricky")
+    pg_server.pg.psql(f"CREATE ROLE acci_tricky LOGIN PASSWORD '{TRICKY}'")
+    target = DatabaseTarget("127.0.0.1", pg_server.pg.port, "postgres", "acci_tricky", TRICKY,
+                            (("sslmode", "disable"), ("application_name", "acci app")))
+    url = AppRuntime(target, "redis://unused:6379/0").env()["DATABASE_URL"]
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_user, current_setting('application_name')").fetchone() == (
+            "acci_tricky", "acci app")
+
+
 def test_bad_platform_config(tmp_path):
     with pytest.raises(ConfigError, match=f"Helm chart {tmp_path} not found"):
         HelmPlatform(release="r", namespace="n", chart=str(tmp_path), app_url="http://x")
@@ -153,13 +201,14 @@ def test_metrics_that_are_not_prometheus_text():
 def test_unreachable_or_malformed_app_url():
     url = f"http://127.0.0.1:{free_port()}"
     expected = r"/health did not answer 2xx within 1 s \(\d+ attempts\); last: unreachable"
-    with pytest.raises(AcciOpsError, match=expected):
+    with pytest.raises(AcciOpsError, match=expected) as caught:
         wait_for_health(url, deadline_seconds=1, first_delay=0.2, log=lambda line: None)
-    with pytest.raises(AcciOpsError, match="/metrics is unreachable"):
+    assert str(caught.value).startswith(f"{url}/health did not answer")
+    with pytest.raises(AcciOpsError, match="/metrics is unreachable") as caught:
         check_metrics(url)
+    assert url in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(ConfigError, match="app URL 'api.acci.dev' must look like http"):
         wait_for_health("api.acci.dev")
-    assert os.environ.get("PGPASSWORD") is None
 
 
 def test_resource_builds_backends_from_the_real_deploy_files(monkeypatch):

@@ -125,3 +125,90 @@ def test_bad_dr_settings(env, expected):
     with pytest.raises(ConfigError) as failure:
         load_settings(env)
     assert expected in str(failure.value)
+
+
+PASTED = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY"
+
+ENV_FIELDS = {
+    "database_url_env": "  database_url_env: {v}\n",
+    "scratch_database_url_env": "  database_url_env: PROD_DB\n  scratch_database_url_env: {v}\n",
+    "offsite.access_key_id_env": "  database_url_env: PROD_DB\n  offsite:\n    url: s3://off/x\n"
+                                 "    access_key_id_env: {v}\n",
+    "offsite.secret_access_key_env": "  database_url_env: PROD_DB\n  offsite:\n    url: s3://off/x\n"
+                                     "    secret_access_key_env: {v}\n",
+    "dr.redis_url_env": "  database_url_env: PROD_DB\n  dr:\n    platform: helm\n    drill_redis_url_env: DRILL\n"
+                        "    redis_url_env: {v}\n",
+    "dr.drill_redis_url_env": "  database_url_env: PROD_DB\n  dr:\n    platform: helm\n    drill_redis_url_env: {v}\n",
+}
+
+
+@pytest.mark.parametrize("field", sorted(ENV_FIELDS))
+@pytest.mark.parametrize("pasted", [PASTED, "postgresql://acci:Tr0ub4dor-zq93@db/acci", "redis://:s3cr3t-r3d1s@r:6379/0",
+                                    "12345678901234567890", "has space"])
+def test_env_fields_must_be_variable_names_and_the_value_is_never_echoed(tmp_path, field, pasted):
+    path = tmp_path / "envs.yaml"
+    body = ENV_FIELDS[field].format(v=yaml_quote(pasted))
+    path.write_text("environments:\n  prod:\n    backup_url: s3://b/p\n" + indent(body))
+    with pytest.raises(ConfigError) as failure:
+        load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)})
+    message = str(failure.value)
+    assert f"environment 'prod': {field} must be the NAME of an environment variable" in message
+    assert "e.g. PRODUCTION_DATABASE_URL" in message
+    for piece in (pasted, "s3cr3t", "Tr0ub4dor", "EXAMPLEKEY", "1234567890"):
+        assert piece not in message, message
+
+
+def yaml_quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def indent(text: str) -> str:
+    return "".join("  " + line + "\n" for line in text.splitlines())
+
+
+def test_env_field_names_that_are_fine(tmp_path):
+    path = tmp_path / "envs.yaml"
+    path.write_text("environments:\n  prod:\n    backup_url: s3://b/p\n    database_url_env: prod_db_url\n"
+                    "    dr:\n      platform: helm\n      drill_redis_url_env: _DRILL_1\n")
+    spec = load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)}).environments[0]
+    assert spec.database_url_env == "prod_db_url" and spec.dr.drill_redis_url_env == "_DRILL_1"
+
+
+@pytest.mark.parametrize("field", ["required_metrics", "compose_files"])
+@pytest.mark.parametrize("value", ["abc", "42", "{a: b}", "[acci_up, '']", "[acci_up, 3]", "[[a]]"])
+def test_list_fields_must_be_lists_of_strings(tmp_path, field, value):
+    path = tmp_path / "envs.yaml"
+    path.write_text("environments:\n  prod:\n    backup_url: s3://b/p\n    database_url_env: PROD_DB\n"
+                    f"    dr:\n      platform: helm\n      drill_redis_url_env: DRILL\n      {field}: {value}\n")
+    with pytest.raises(ConfigError) as failure:
+        load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)})
+    assert str(failure.value) == (f"{path} environment 'prod': dr.{field} must be a list of non-empty "
+                                  "strings, e.g. [a, b] or one '- item' per line")
+
+
+def test_list_fields_accept_lists(tmp_path):
+    path = tmp_path / "envs.yaml"
+    path.write_text("environments:\n  prod:\n    backup_url: s3://b/p\n    database_url_env: PROD_DB\n"
+                    "    dr:\n      platform: compose\n      drill_redis_url_env: DRILL\n"
+                    "      required_metrics: [acci_up, http_requests_total]\n      compose_files:\n        - a.yml\n")
+    dr = load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)}).environments[0].dr
+    assert dr.required_metrics == ("acci_up", "http_requests_total") and dr.compose_files == ("a.yml",)
+
+
+def test_scratch_allow_superuser_from_variables_and_file(tmp_path):
+    assert load_settings({}).environments[0].scratch_allow_superuser is False
+    assert load_settings({"ACCI_SCRATCH_ALLOW_SUPERUSER": "true"}).environments[0].scratch_allow_superuser is True
+    assert load_settings({"ACCI_SCRATCH_ALLOW_SUPERUSER": "false"}).environments[0].scratch_allow_superuser is False
+    with pytest.raises(ConfigError, match=r"^ACCI_SCRATCH_ALLOW_SUPERUSER='yes please' must be true or false$"):
+        load_settings({"ACCI_SCRATCH_ALLOW_SUPERUSER": "yes please"})
+    path = tmp_path / "envs.yaml"
+    path.write_text("environments:\n  prod:\n    backup_url: s3://b/p\n    database_url_env: PROD_DB\n"
+                    "    scratch_allow_superuser: true\n  staging:\n    backup_url: s3://b/s\n"
+                    "    database_url_env: STAGING_DB\n")
+    settings = load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)})
+    assert settings.environment("prod").scratch_allow_superuser is True
+    assert settings.environment("staging").scratch_allow_superuser is False
+    path.write_text("environments:\n  prod:\n    backup_url: s3://b/p\n    database_url_env: PROD_DB\n"
+                    "    scratch_allow_superuser: 'yes'\n")
+    with pytest.raises(ConfigError, match="scratch_allow_superuser must be true or false"):
+        load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)})

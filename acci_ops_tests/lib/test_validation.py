@@ -222,3 +222,40 @@ def test_stale_scratch_databases_are_dropped(pg_server, scratch_url):
     finally:
         for name in (fresh, "acci_scratch_keepme"):
             pg_server.pg.psql(f"DROP DATABASE IF EXISTS {name}")
+
+
+def _rewrite_manifest(s3, bucket, key, **changes):
+    mkey = f"acci/{manifest_key_for(key)}"
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=mkey)["Body"].read())
+    manifest.update(changes)
+    manifest.pop("signature", None)
+    s3.put_object(Bucket=bucket, Key=mkey, Body=json.dumps(manifest).encode())
+
+
+def test_negative_dump_bytes_is_refused_before_anything_is_read(backup, scratch_url, s3, bucket, tmp_path):
+    store, key = backup
+    _rewrite_manifest(s3, bucket, key, dump_bytes=-1)
+    report, _ = validate(store, key, scratch_url, mode="parallel", work_dir=str(tmp_path))
+    cause = assert_failed_cleanly(report, scratch_url, "manifest", tmp_path)
+    assert cause.startswith(f"s3://{bucket}/acci/{key}.manifest.json: dump_bytes must be a whole number from 0 to")
+
+
+@pytest.mark.parametrize("mode", ["parallel", "stream"])
+def test_decompression_stops_at_the_manifests_dump_bytes(backup, scratch_url, s3, bucket, tmp_path, mode):
+    """A manifest understating dump_bytes: the decompressed output is capped, not written to disk unbounded."""
+    store, key = backup
+    _rewrite_manifest(s3, bucket, key, dump_bytes=1000)
+    report, _ = validate(store, key, scratch_url, mode=mode, work_dir=str(tmp_path))
+    step = "manifest" if mode == "parallel" else "toc"
+    cause = assert_failed_cleanly(report, scratch_url, step, tmp_path)
+    assert cause == "decompressed more than the manifest's 1000 bytes; stopped (the manifest does not describe it)"
+
+
+def test_fetch_archive_caps_output_and_removes_the_file(backup, tmp_path):
+    from acci_ops.lib.errors import BackupError
+    from acci_ops.lib.restore import fetch_archive
+
+    store, key = backup
+    with pytest.raises(BackupError, match=r"^decompressed more than the manifest's 4096 bytes; stopped"):
+        fetch_archive(store, key, to_dir=str(tmp_path), max_output=4096)
+    assert list(tmp_path.iterdir()) == []

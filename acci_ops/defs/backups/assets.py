@@ -9,6 +9,7 @@ from acci_ops.defs.resources import AcciEnvironment, resource_key
 from acci_ops.lib.backups import copy_backup, list_backups
 from acci_ops.lib.errors import AcciOpsError, TransientError
 from acci_ops.lib.pgdump import BackupResult, run_backup
+from acci_ops.lib.signing import NO_KEY_WARNING, Keyring
 from acci_ops.settings import EnvironmentSpec, Settings
 
 BACKUP_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
@@ -63,6 +64,23 @@ def run_step(context: dg.AssetExecutionContext, action):  # noqa: ANN001, ANN201
         raise dg.Failure(description=str(exc)) from None
 
 
+_WARNED_RUNS: set[str] = set()
+
+
+def keyring_or_warn(context: dg.OpExecutionContext, env: AcciEnvironment) -> Keyring | None:
+    """The environment's signing keys; without any, warn once per run (per process) that nothing
+    can be authenticated, and let the callers take the secure default."""
+    try:
+        keyring = env.keyring()
+    except AcciOpsError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    run_id = context.run.run_id
+    if keyring is None and run_id not in _WARNED_RUNS:
+        _WARNED_RUNS.add(run_id)
+        context.log.warning(NO_KEY_WARNING)
+    return keyring
+
+
 def build_backup_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDefinition:
     key = resource_key(spec.name)
 
@@ -85,11 +103,12 @@ def build_backup_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDe
     def db_backup(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         env: AcciEnvironment = getattr(context.resources, key)
         partition = date.fromisoformat(context.partition_key)
+        keyring = keyring_or_warn(context, env)
         result = run_step(context, lambda: run_backup(
             environment=spec.name, target=env.target(), store=env.store(), partition=partition,
-            settings=env.backup_settings(), log=context.log.info,
+            settings=env.backup_settings(), log=context.log.info, keyring=keyring,
         ))
-        return dg.MaterializeResult(metadata=backup_metadata(result))
+        return dg.MaterializeResult(metadata={**backup_metadata(result), "signed": keyring is not None})
 
     return db_backup
 
@@ -108,7 +127,8 @@ def build_offsite_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsD
         description=(
             f"Offsite copy of the newest {spec.name} backup of the partition to a second object store "
             "(another bucket, region or provider). The copy is re-read and its sha256 compared with the "
-            "manifest before the manifest is copied; a copy that does not verify is removed."
+            "manifest before the manifest is copied byte for byte (with its signature); a copy that does not "
+            "verify is removed."
         ),
     )
     def db_backup_offsite(context: dg.AssetExecutionContext) -> dg.MaterializeResult:

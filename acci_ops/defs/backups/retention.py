@@ -4,12 +4,13 @@
 import dagster as dg
 from pydantic import Field
 
+from acci_ops.defs.backups.assets import keyring_or_warn
 from acci_ops.defs.resources import AcciEnvironment, resource_key
-from acci_ops.lib.backups import delete_backup
+from acci_ops.lib.backups import delete_backup, plan_store_retention
 from acci_ops.lib.errors import AcciOpsError
 from acci_ops.lib.objectstore import ObjectStore
-from acci_ops.lib.retention import RetentionPlan, RetentionPolicy, complete_backups, plan_retention
-from acci_ops.lib.validation import newest_validated
+from acci_ops.lib.retention import RetentionPlan, RetentionPolicy, untrusted_count
+from acci_ops.lib.signing import Keyring
 from acci_ops.settings import Settings
 
 
@@ -18,14 +19,10 @@ class RetentionConfig(dg.Config):
 
 
 def apply_retention(store: ObjectStore, environment: str, policy: RetentionPolicy, *, dry_run: bool,
-                    log, protect: frozenset[str] = frozenset()) -> tuple[RetentionPlan, list[str]]:  # noqa: ANN001
-    """Plan and (unless dry-run) delete for one store; returns the plan and orphans removed."""
-    backups, orphans = complete_backups((o.key for o in store.list(f"{environment}/")), environment)
-    validated = newest_validated(store, environment)
-    if validated:
-        # The newest backup known to restore is what DR would use: never delete it.
-        protect = protect | {validated[0].key}
-    plan = plan_retention(backups, policy, protect)
+                    log, keyring: Keyring | None) -> tuple[RetentionPlan, list[str]]:  # noqa: ANN001
+    """Plan and (unless dry-run) delete for one store; returns the plan and orphans removed.
+    Only backups signed by this acci_ops are ranked and deleted (lib/backups.plan_store_retention)."""
+    plan, orphans = plan_store_retention(store, environment, policy, keyring)
     verb = "would delete" if dry_run else "deleting"
     for key in plan.delete:
         log(f"{verb} {store.uri_for(key)}")
@@ -46,18 +43,26 @@ def build_retention_job(settings: Settings) -> dg.JobDefinition:
         rows, metadata = [], {}
         for spec in settings.environments:
             env: AcciEnvironment = getattr(context.resources, resource_key(spec.name))
+            keyring = keyring_or_warn(context, env)
             stores = [("primary", env.store())]
             if env.offsite_url:
                 stores.append(("offsite", env.offsite_store()))
             for label, store in stores:
                 try:
                     plan, orphans = apply_retention(store, spec.name, spec.retention, dry_run=config.dry_run,
-                                                    log=context.log.info)
+                                                    log=context.log.info, keyring=keyring)
                 except AcciOpsError as exc:
                     raise dg.Failure(description=f"retention of {spec.name} {label}: {exc}") from None
                 context.log.info(f"{spec.name} {label} ({store.url}): {plan.summary()}")
+                untrusted = untrusted_count(plan)
+                if untrusted and keyring is not None:
+                    context.log.warning(
+                        f"{untrusted} backup(s) in {store.url} are not signed by this acci_ops (unsigned, badly "
+                        "signed, inconsistent or dated in the future): kept, never ranked or chosen by DR; see the "
+                        "plan's reasons")
                 metadata[f"{spec.name}_{label}_kept"] = len(plan.keep)
                 metadata[f"{spec.name}_{label}_deleted"] = len(plan.delete)
+                metadata[f"{spec.name}_{label}_untrusted"] = untrusted
                 rows += [f"| {spec.name} | {label} | delete | `{k}` |" for k in plan.delete]
                 rows += [f"| {spec.name} | {label} | keep ({', '.join(r)}) | `{k}` |" for k, r in plan.keep.items()]
         table = "| environment | store | decision | backup |\n|---|---|---|---|\n" + "\n".join(rows)
@@ -69,8 +74,10 @@ def build_retention_job(settings: Settings) -> dg.JobDefinition:
         name="backup_retention",
         description=(
             "Deletes old backups by grandfather-father-son (per environment; default 7 daily, 4 weekly, "
-            "12 monthly) from the primary and offsite stores. Never deletes the newest backup and ignores "
-            "objects acci_ops did not write. Launch with dry_run: true to only list what it would delete."
+            "12 monthly) from the primary and offsite stores. Only backups whose manifest is signed with "
+            "ACCI_BACKUP_SIGNING_KEY are ranked (by snapshot time) and deleted; unsigned, future-dated or "
+            "inconsistent ones are kept and listed. Never deletes the newest or newest validated backup; without "
+            "a signing key it deletes nothing. Launch with dry_run: true to only list what it would delete."
         ),
         tags={"acci/operation": "retention"},
     )

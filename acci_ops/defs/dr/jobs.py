@@ -5,8 +5,17 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
+from acci_ops.defs.backups.assets import keyring_or_warn
 from acci_ops.defs.resources import AcciDisasterRecovery, AcciEnvironment, AlertWebhook, dr_resource_key, resource_key
-from acci_ops.lib.drill import ProcedureReport, Targets, choose_backup, run_drill, run_recovery, store_procedure_report
+from acci_ops.lib.drill import (
+    ProcedureReport,
+    Targets,
+    choose_backup,
+    refuse_foreign_backup,
+    run_drill,
+    run_recovery,
+    store_procedure_report,
+)
 from acci_ops.lib.errors import AcciOpsError
 from acci_ops.settings import Settings
 
@@ -48,6 +57,8 @@ def report_metadata(report: ProcedureReport, uri: str) -> dict[str, object]:
             metadata[f"step_{step.name}_seconds"] = step.seconds
     if report.health_status is not None:
         metadata["health_status"] = report.health_status
+    if report.kept_database:
+        metadata["kept_database"] = report.kept_database
     if report.failure:
         metadata["failure"] = report.failure
     return metadata
@@ -70,7 +81,11 @@ def build_drill_job(settings: Settings) -> dg.JobDefinition:
 
     class DrillConfig(dg.Config):
         environment: str = Field(default=default_env, description="Environment whose backups are drilled.")
-        backup_key: str = Field(default="", description="Backup to restore (default: the newest validated one).")
+        backup_key: str = Field(default="", description="Backup to restore (default: the newest one signed by "
+                                "acci_ops with a signed, passing validation record).")
+        allow_unvalidated_backup: bool = Field(default=False, description="Allow a named backup that is unsigned, "
+                                               "failed or never passed validation. Same override as "
+                                               "disaster_recovery; a drill never restores one silently.")
 
     @dg.op(required_resource_keys=keys, description="Bring up an isolated stack, restore, flush, verify, tear down.",
            out=dg.Out(dict, description="The drill report (passed or not); the next step fails the run on failure."))
@@ -80,18 +95,23 @@ def build_drill_job(settings: Settings) -> dg.JobDefinition:
         dr: AcciDisasterRecovery = getattr(context.resources, dr_resource_key(spec.name))
         try:
             store = env.store()
-            key = choose_backup(store, spec.name, config.backup_key or None, allow_unvalidated=bool(config.backup_key))
+            key = choose_backup(store, spec.name, config.backup_key or None,
+                                allow_unvalidated=config.allow_unvalidated_backup,
+                                keyring=keyring_or_warn(context, env))
             stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
             platform = dr.platform_for(drill=True, stamp=stamp)
             scratch = env.scratch()
+            database = env.target().dbname
         except AcciOpsError as exc:
             raise dg.Failure(description=str(exc)) from None
         context.log.info(f"drilling {spec.name} with backup {key} on {platform.describe()}")
         report = run_drill(
-            environment=spec.name, store=store, backup_key=key, scratch=scratch, platform=platform,
+            environment=spec.name, store=store, backup_key=key, scratch=scratch, platform=platform, database=database,
             drill_redis_url=dr.drill_redis_url, production_redis_url=dr.redis_url,
+            production_redis_variable=spec.dr.redis_url_env or _redis_setting(settings, spec.name),
             required_metrics=dr.required_metrics, health_deadline=dr.health_deadline_seconds,
             targets=Targets(dr.rto_target_minutes * 60, dr.rpo_target_hours * 3600), log=context.log.info,
+            scratch_allow_superuser=env.scratch_allow_superuser,
         )
         uri = store_procedure_report(store, report)
         # Recorded whether it passed or not, so the RTO/RPO plots include failed drills.
@@ -138,7 +158,8 @@ def build_recovery_job(settings: Settings) -> dg.JobDefinition:
         environment: str = Field(description=f"Environment to recover ({names}).")
         confirm: str = Field(description="Type the environment's name again, by hand. Nothing runs unless it matches.")
         operator: str = Field(description="Who is launching this (name or handle); recorded on the run.")
-        backup_key: str = Field(default="", description="Backup to restore (default: the newest validated one).")
+        backup_key: str = Field(default="", description="Backup to restore (default: the newest one signed by "
+                                "acci_ops with a signed, passing validation record).")
         skip_infrastructure: bool = Field(default=False, description="Skip step 1 (Helm/Compose) when the "
                                           "infrastructure is still up and only data must be restored.")
         allow_unvalidated_backup: bool = Field(default=False, description="Allow a backup that failed or never "
@@ -160,12 +181,16 @@ def build_recovery_job(settings: Settings) -> dg.JobDefinition:
                                                        "acci/dr-environment": spec.name})
         try:
             store = env.store()
-            key = choose_backup(store, spec.name, config.backup_key or None,
-                                allow_unvalidated=config.allow_unvalidated_backup)
-            platform = None if config.skip_infrastructure else dr.platform_for(drill=False)
             database = env.target()
+            if config.backup_key:  # another environment's backup is refused before anything else
+                refuse_foreign_backup(store, config.backup_key, environment=spec.name, database=database.dbname)
+            key = choose_backup(store, spec.name, config.backup_key or None,
+                                allow_unvalidated=config.allow_unvalidated_backup,
+                                keyring=keyring_or_warn(context, env))
+            refuse_foreign_backup(store, key, environment=spec.name, database=database.dbname)
+            platform = None if config.skip_infrastructure else dr.platform_for(drill=False)
             if not dr.redis_url:
-                raise AcciOpsError(f"no Redis URL for {spec.name}; set ACCI_REDIS_URL")
+                raise AcciOpsError(f"no Redis URL for {spec.name}; set {_redis_setting(settings, spec.name)}")
         except AcciOpsError as exc:
             raise dg.Failure(description=str(exc)) from None
         context.instance.add_run_tags(context.run_id, {"acci/dr-backup": key})
@@ -179,6 +204,9 @@ def build_recovery_job(settings: Settings) -> dg.JobDefinition:
         outcome = "succeeded" if report.ok else "failed"
         context.instance.add_run_tags(context.run_id, {"acci/dr-outcome": outcome})
         context.add_output_metadata(report_metadata(report, uri))
+        if report.kept_database:
+            context.log.info(f"the database as it was before DR is kept as {report.kept_database}; drop it once "
+                             "no longer needed (README, 'Disaster recovery')")
         _notify(webhook, context, f"DR of `{spec.name}` {outcome}"
                                   + (f" (RTO {report.rto_seconds / 60:.1f} min)" if report.rto_seconds else "")
                                   + (f": {report.failure}" if report.failure else ""))
@@ -189,10 +217,11 @@ def build_recovery_job(settings: Settings) -> dg.JobDefinition:
         name="disaster_recovery",
         description=(
             "ON-CALL ONLY. Runs the guide's recovery against the REAL environment: (1) infrastructure with "
-            "dr-values (unless skipped), (2) restore of the chosen backup (default: newest validated) into the "
-            "environment's database and FLUSHALL of its Redis, (3) /health and /metrics. Never tears anything "
-            "down. Requires 'confirm' to equal the environment's name; refuses unvalidated backups unless "
-            "overridden. See README, 'Disaster recovery'."
+            "dr-values (unless skipped), (2) restore of the chosen backup (default: newest validated) into a new "
+            "database beside the environment's, verified against its manifest, then switched in by renaming (the "
+            "previous database is kept as <db>_before_dr_<time>), and FLUSHALL of its Redis, (3) /health and "
+            "/metrics. Never tears anything down. Requires 'confirm' to equal the environment's name; refuses "
+            "another environment's backups, and unvalidated ones unless overridden. See README, 'Disaster recovery'."
         ),
         tags={"acci/operation": "dr"},
     )
@@ -202,9 +231,19 @@ def build_recovery_job(settings: Settings) -> dg.JobDefinition:
     return disaster_recovery
 
 
+def _redis_setting(settings: Settings, environment: str) -> str:
+    """Where production's Redis URL is configured, for messages."""
+    if settings.from_file:
+        return f"dr.redis_url_env of environment {environment} in {settings.from_file}"
+    return "ACCI_REDIS_URL"
+
+
 def _notify(webhook: AlertWebhook, context: dg.OpExecutionContext, text: str) -> None:
+    """Alerts never stop DR: any failure to post is one log line without the URL's secret path."""
     try:
         if not webhook.post(text):
             context.log.warning(f"no alert webhook configured: {text}")
     except AcciOpsError as exc:
         context.log.error(f"alert not delivered ({exc}): {text}")
+    except Exception as exc:  # noqa: BLE001 - a broken webhook must never fail a recovery
+        context.log.error(f"alert not delivered (the alert webhook failed: {type(exc).__name__}): {text}")

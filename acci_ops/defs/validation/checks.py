@@ -4,10 +4,12 @@ from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
-from acci_ops.defs.backups.assets import backup_asset_key, daily_partitions, run_step
+from acci_ops.defs.backups.assets import backup_asset_key, daily_partitions, keyring_or_warn, run_step
 from acci_ops.defs.resources import AcciEnvironment, resource_key
-from acci_ops.lib.backups import list_backups
+from acci_ops.lib.backups import Trust, inspect_backup, list_backups
 from acci_ops.lib.errors import AcciOpsError
+from acci_ops.lib.layout import parse_dump_key
+from acci_ops.lib.signing import NO_KEY_WARNING, Keyring
 from acci_ops.lib.validation import ValidationReport, newest_validated, store_report, validate_backup
 from acci_ops.settings import EnvironmentSpec, Settings
 
@@ -24,9 +26,10 @@ def check_key(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCheckKey:
     return dg.AssetCheckKey(backup_asset_key(spec, settings), CHECK_NAME)
 
 
-def rpo_seconds(store, environment: str) -> float | None:  # noqa: ANN001
-    """Age of the newest backup known to restore: the number that matters when disaster strikes."""
-    found = newest_validated(store, environment)
+def rpo_seconds(store, environment: str, keyring: Keyring | None) -> float | None:  # noqa: ANN001
+    """Age of the newest backup known to restore (signed, with a signed passing record): the number
+    that matters when disaster strikes. None when there is none (or no key to authenticate it)."""
+    found = newest_validated(store, environment, keyring)
     if not found:
         return None
     _, report = found
@@ -74,7 +77,9 @@ def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCh
         env: AcciEnvironment = getattr(context.resources, key)
         day = date.fromisoformat(context.partition_key)
 
-        def validate() -> tuple[ValidationReport, float | None]:
+        keyring = keyring_or_warn(context, env)
+
+        def validate() -> tuple[ValidationReport, float | None, Trust | None]:
             store = env.store()
             backup_key = context.run.tags.get(BACKUP_KEY_TAG)
             if not backup_key:
@@ -84,15 +89,24 @@ def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCh
                 backup_key = backups[-1].key
             report = validate_backup(store=store, backup_key=backup_key, scratch=env.scratch(), environment=spec.name,
                                      source=env.target(), settings=env.validation_settings(), log=context.log.info)
-            store_report(store, report)
-            return report, rpo_seconds(store, spec.name)
+            store_report(store, report, keyring)
+            parsed = parse_dump_key(backup_key)
+            trust = inspect_backup(store, parsed, keyring) if parsed else None
+            return report, rpo_seconds(store, spec.name, keyring), trust
 
-        report, rpo = run_step(context, validate)
+        report, rpo, trust = run_step(context, validate)
         if not report.ok:
             context.log.error(f"backup {report.backup_key} failed validation: {report.failure}")
+        metadata = report_metadata(report, rpo)
+        metadata["signed"] = bool(trust and trust.trusted)
+        if not metadata["signed"]:
+            why = trust.describe() if trust else "not named the way acci_ops names backups"
+            metadata["trust"] = why
+            context.log.warning(f"backup {report.backup_key} is {why}: DR never chooses it by default and retention "
+                                "keeps it without ranking it")
         return dg.AssetCheckResult(passed=report.ok, severity=dg.AssetCheckSeverity.ERROR,
                                    description=report.failure or f"restored and verified in {report.restore_seconds} s",
-                                   metadata=report_metadata(report, rpo))
+                                   metadata=metadata)
 
     return restores_cleanly
 
@@ -110,24 +124,35 @@ def build_validated_asset(spec: EnvironmentSpec, settings: Settings) -> dg.Asset
         kinds={"postgres"},
         tags={"acci/environment": spec.name},
         description=(
-            f"The newest {spec.name} backup known to restore. Materialized after the restore check passes, with the "
+            f"The newest {spec.name} backup known to restore: signed by this acci_ops (ACCI_BACKUP_SIGNING_KEY) "
+            "with a signed, passing validation record. Materialized after the restore check passes, with the "
             "RPO (age of the newest validated backup) and the restore time (our data RTO estimate). Late when no "
             "backup has been validated for 26 hours."
         ),
     )
     def db_backup_validated(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         env: AcciEnvironment = getattr(context.resources, key)
+        keyring = keyring_or_warn(context, env)
+        if keyring is None:
+            raise dg.Failure(description=f"{NO_KEY_WARNING}; no backup can be marked validated until it is set")
 
         def newest():  # noqa: ANN202
-            found = newest_validated(env.store(), spec.name)
+            store = env.store()
+            found = newest_validated(store, spec.name, keyring)
             if not found:
-                raise AcciOpsError(f"no validated {spec.name} backup exists yet")
-            return found
+                raise AcciOpsError(f"no signed, validated {spec.name} backup exists yet")
+            named = parse_dump_key(context.run.tags.get(BACKUP_KEY_TAG) or "")
+            trust = inspect_backup(store, named, keyring) if named and named.key != found[0].key else None
+            return found, trust
 
-        backup, report = run_step(context, newest)
+        (backup, report), trust = run_step(context, newest)
+        if trust is not None and not trust.trusted:
+            context.log.warning(f"backup {trust.backup.key} is {trust.describe()}: it is not counted as validated; "
+                                f"the newest validated backup stays {backup.key}")
         age = (datetime.now(UTC) - datetime.fromisoformat(report.snapshot_at)).total_seconds()
         return dg.MaterializeResult(metadata={
             "validated_backup_key": backup.key,
+            "signed": True,
             "rpo_hours": round(age / 3600, 3),
             "restore_seconds": report.restore_seconds,
             "validation_seconds": report.validation_seconds,
