@@ -26,6 +26,27 @@ from acci_ops.lib.retention import RetentionPolicy
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME_HINT = ("letters, digits and _, not starting with a digit, e.g. PRODUCTION_DATABASE_URL; "
+                  "the value given is not shown, as it may be a secret")
+
+
+def _env_name(value: object, field: str, where: str) -> str | None:
+    """A ``*_env`` field holds the NAME of a variable. A secret pasted there by mistake must not be
+    accepted (Dagster would later quote it in a config error), nor echoed by this refusal."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ENV_VAR.match(value):
+        raise ConfigError(f"{where}: {field} must be the NAME of an environment variable holding the value, "
+                          f"not the value itself ({_ENV_NAME_HINT})")
+    return value
+
+
+def _check_env_fields(raw: object, where: str, prefix: str = "") -> None:
+    """Every key ending in ``_env`` of a YAML mapping, present and future, is a variable name."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if isinstance(key, str) and key.endswith("_env"):
+                _env_name(value, prefix + key, where)
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,9 @@ class EnvironmentSpec:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     scratch_database_url_env: str | None = None  # validation is on when this variable is set
     dr: DrSpec | None = None  # DR drills and recovery are on when a platform is configured
+    # Restore (validation, drills) as a role that could run shell commands on the scratch server:
+    # only when an operator accepts that risk (ACCI_SCRATCH_ALLOW_SUPERUSER / scratch_allow_superuser).
+    scratch_allow_superuser: bool = False
     # NAME of the variable holding the backup signing key (ACCI_BACKUP_SIGNING_KEY); None: not configured
     signing_key_env: str | None = None
 
@@ -138,6 +162,24 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name}={raw!r} must be a whole number") from None
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def _bool(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip()
+    if raw.lower() in _TRUE + _FALSE:
+        return raw.lower() in _TRUE
+    raise ConfigError(f"{name}={raw!r} must be true or false")
+
+
+def _yaml_bool(value: object, field: str, where: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {field} must be true or false")
+    return value
+
+
 def _if_set(environ: Mapping[str, str], name: str) -> str | None:
     """The variable's name when it is set: the value itself is resolved later, by EnvVar."""
     return name if environ.get(name) else None
@@ -168,9 +210,7 @@ def _scratch_env(name: object, where: str, environ: Mapping[str, str]) -> str | 
     holding that server's URL exists (the URL itself is read by EnvVar at run time)."""
     if name is None:
         return _if_set(environ, "ACCI_SCRATCH_DATABASE_URL")
-    if not isinstance(name, str) or not _ENV_VAR.match(name):
-        raise ConfigError(f"{where}: scratch_database_url_env must be the NAME of an environment variable")
-    return name
+    return _env_name(name, "scratch_database_url_env", where)
 
 
 SIGNING_KEY_VARIABLE = "ACCI_BACKUP_SIGNING_KEY"
@@ -229,7 +269,12 @@ def _dr_from_yaml(raw: object, where: str) -> DrSpec | None:
     values = dict(raw)
     for listed in ("compose_files", "required_metrics"):
         if listed in values:
-            values[listed] = tuple(values[listed])
+            # `required_metrics: abc` would otherwise become ('a', 'b', 'c').
+            items = values[listed]
+            if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
+                raise ConfigError(f"{where}: dr.{listed} must be a list of non-empty strings, e.g. [a, b] "
+                                  "or one '- item' per line")
+            values[listed] = tuple(items)
     try:
         return DrSpec(**values)
     except TypeError as exc:
@@ -255,16 +300,16 @@ def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentS
         if not isinstance(body, dict):
             raise ConfigError(f"{where} must be a mapping")
         allowed = {"database_url_env", "backup_url", "sse", "kms_key_id", "offsite", "retention",
-                   "scratch_database_url_env", "dr", "signing_key_env"}
+                   "scratch_database_url_env", "dr", "signing_key_env", "scratch_allow_superuser"}
         unknown = set(body) - allowed
         if unknown:
             raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
         for required in ("database_url_env", "backup_url"):
             if not body.get(required):
                 raise ConfigError(f"{where} lacks {required}")
-        if not _ENV_VAR.match(str(body["database_url_env"])):
-            raise ConfigError(f"{where}: database_url_env must be the NAME of an environment variable "
-                              "holding the URL, not the URL itself")
+        _check_env_fields(body, where)
+        _check_env_fields(body.get("offsite"), where, "offsite.")
+        _check_env_fields(body.get("dr"), where, "dr.")
         specs.append(EnvironmentSpec(
             name=name, database_url_env=body["database_url_env"], backup_url=body["backup_url"],
             sse=body.get("sse") or "none", kms_key_id=body.get("kms_key_id"),
@@ -272,6 +317,8 @@ def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentS
             scratch_database_url_env=_scratch_env(body.get("scratch_database_url_env"), where, environ),
             dr=_dr_from_yaml(body.get("dr"), where),
             signing_key_env=_signing_key_env(body.get("signing_key_env"), where, environ),
+            scratch_allow_superuser=_yaml_bool(body.get("scratch_allow_superuser"), "scratch_allow_superuser", where,
+                                               _bool(environ, "ACCI_SCRATCH_ALLOW_SUPERUSER")),
         ))
     tz = doc.get("timezone")
     return specs, str(tz) if tz else None
@@ -314,5 +361,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         scratch_database_url_env=_if_set(environ, "ACCI_SCRATCH_DATABASE_URL"),
         dr=_dr_from_environ(environ),
         signing_key_env=_if_set(environ, SIGNING_KEY_VARIABLE),
+        scratch_allow_superuser=_bool(environ, "ACCI_SCRATCH_ALLOW_SUPERUSER"),
     )
     return Settings((spec,), _check_timezone(environ.get("ACCI_TIMEZONE", "").strip() or "UTC"), start)

@@ -133,9 +133,12 @@ class ValidationBench:
             ACCI_PG_BIN=self.pg_bin,  # the same pg_restore binary as the anchor
             ACCI_VALIDATION_WORK_DIR=str(VALIDATION_DIR),
             ACCI_VALIDATION_AMCHECK=amcheck,
+            # The benchmark restores its own archive as the superuser (like the pg_restore anchor, and so
+            # amcheck can run): accepted here on purpose; deployments use a LOGIN CREATEDB role.
+            ACCI_SCRATCH_ALLOW_SUPERUSER="true",
         )
         self.validation_settings = ValidationSettings(work_dir=str(VALIDATION_DIR), pg_bin_dir=self.pg_bin,
-                                                      amcheck=amcheck)
+                                                      amcheck=amcheck, scratch_allow_superuser=True)
 
     def store(self):  # noqa: ANN201
         return open_store(BACKUP_URL, endpoint_url=self.endpoint)

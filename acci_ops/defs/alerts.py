@@ -6,6 +6,7 @@ import os
 import dagster as dg
 
 from acci_ops.defs.resources import AlertWebhook
+from acci_ops.lib.errors import AcciOpsError
 
 WILL_RETRY_TAG = "dagster/will_retry"
 
@@ -50,8 +51,15 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alert_webhook:
     if will_be_retried(context.dagster_run, context.instance):
         return dg.SkipReason(f"run {context.dagster_run.run_id} will be retried; not alerting yet")
     text = alert_text(context)
-    if not alert_webhook.post(text):
-        context.log.warning(f"no ACCI_ALERT_WEBHOOK_URL configured; alert not sent: {text}")
+    one_line = " / ".join(text.splitlines())
+    try:
+        posted = alert_webhook.post(text)
+    except AcciOpsError as exc:
+        # One line, secret-free (post_webhook's contract); the tick fails so the UI shows it.
+        context.log.error(f"alert for run {context.dagster_run.run_id} not delivered ({exc}): {one_line}")
+        raise AcciOpsError(f"alert for run {context.dagster_run.run_id} not delivered: {exc}") from None
+    if not posted:
+        context.log.warning(f"no ACCI_ALERT_WEBHOOK_URL configured; alert not sent: {one_line}")
         return dg.SkipReason("no webhook configured")
     context.log.info(f"alert posted for run {context.dagster_run.run_id}")
     return None

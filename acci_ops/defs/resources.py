@@ -41,6 +41,13 @@ class AcciEnvironment(dg.ConfigurableResource):
     validation_work_dir: str | None = Field(default=None, description="Where the local restore file goes.")
     validation_amcheck: str = Field(default="auto", description="pg_amcheck --heapallindexed: auto, off, required.")
     validation_assertions_file: str | None = Field(default=None, description="YAML of SQL assertions to run.")
+    scratch_allow_superuser: bool = Field(
+        default=False,
+        description=("Accept a scratch role that is a superuser (or a member of pg_execute_server_program, "
+                     "pg_write_server_files or pg_read_server_files, or has CREATEROLE). Validation and drills "
+                     "restore archives from the bucket; as such a role, a crafted archive can run shell commands "
+                     "on the scratch server. Off by default: those roles are refused. From "
+                     "ACCI_SCRATCH_ALLOW_SUPERUSER or the environment's scratch_allow_superuser."))
     signing_key: str | None = Field(
         default=None,
         description=("Key that signs and authenticates backup manifests and validation records (HMAC-SHA256), from "
@@ -82,7 +89,7 @@ class AcciEnvironment(dg.ConfigurableResource):
         return ValidationSettings(
             mode=self.validation_mode, jobs=self.validation_jobs, work_dir=self.validation_work_dir or None,
             amcheck=self.validation_amcheck, assertions_file=self.validation_assertions_file or None,
-            pg_bin_dir=self.pg_bin_dir or None,
+            pg_bin_dir=self.pg_bin_dir or None, scratch_allow_superuser=self.scratch_allow_superuser,
         )
 
     def keyring(self) -> Keyring | None:
@@ -117,6 +124,7 @@ def environment_resource(spec: EnvironmentSpec) -> AcciEnvironment:
         validation_work_dir=os.environ.get("ACCI_VALIDATION_WORK_DIR") or None,
         validation_amcheck=os.environ.get("ACCI_VALIDATION_AMCHECK") or "auto",
         validation_assertions_file=os.environ.get("ACCI_VALIDATION_ASSERTIONS_FILE") or None,
+        scratch_allow_superuser=spec.scratch_allow_superuser,
         signing_key=dg.EnvVar(spec.signing_key_env) if spec.signing_key_env else None,
     )
 
@@ -129,9 +137,13 @@ class AlertWebhook(dg.ConfigurableResource):
     """Slack-compatible incoming webhook for failure alerts; unset means alerts only in the logs."""
 
     url: str | None = Field(default=None, description="Incoming webhook URL (keep it in ACCI_ALERT_WEBHOOK_URL).")
-    timeout_seconds: float = Field(default=10.0, description="HTTP timeout for one post.")
+    timeout_seconds: float = Field(
+        default=10.0, description=("Total deadline for one post, from connecting to the last byte of the answer; "
+                                   "a webhook that is slower or broken is logged and never stops DR or a backup."))
 
     def post(self, text: str) -> bool:
+        """True when posted, False when no webhook is configured; a failed post raises one
+        secret-free AcciOpsError line within ``timeout_seconds`` (callers log it and carry on)."""
         if not self.url:
             return False
         post_webhook(self.url, text, timeout=self.timeout_seconds)

@@ -6,6 +6,7 @@ Uses the machine's PostgreSQL server binaries (Debian ``postgresql-15``). ``init
 
     python -m acci_ops.lib.localpg start DIR PORT [--sample-data]
     python -m acci_ops.lib.localpg stop DIR
+    python -m acci_ops.lib.localpg scratch-role DIR PORT   (prints the URL of a non-superuser CREATEDB role)
 """
 
 from __future__ import annotations
@@ -133,6 +134,35 @@ def load_sample_data(pg: LocalPostgres, dbname: str, *, tenants: int = 20, users
     pg.psql(SAMPLE_SQL.format(tenants=tenants, users=users, sessions=sessions), dbname)
 
 
+SCRATCH_ROLE = "acci_scratch"
+
+
+def ensure_scratch_role(pg: LocalPostgres, name: str = SCRATCH_ROLE) -> str:
+    """A LOGIN CREATEDB role that is not a superuser, for validation and drill restores, and the
+    URL of its maintenance database. Restoring as the superuser would let a crafted archive run
+    shell commands on this server (COPY ... TO PROGRAM); this role cannot.
+
+    The password is generated once and kept in ``base_dir/<name>.password`` (0600); it goes
+    to the server as a literal over the connection, never in argv."""
+    import secrets as _secrets
+
+    import psycopg
+    from psycopg import sql
+
+    secret_file = pg.base_dir / f"{name}.password"
+    if not secret_file.exists():
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(_secrets.token_urlsafe(24))
+    password = secret_file.read_text().strip()
+    with psycopg.connect(host="127.0.0.1", port=pg.port, user="postgres", dbname="postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(sql.SQL(verb + " ROLE {} LOGIN CREATEDB NOSUPERUSER NOCREATEROLE PASSWORD {}").format(
+            sql.Identifier(name), sql.Literal(password)))
+    return pg.url("postgres", name, password)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--sample-data", metavar="DBNAME")
     stop = sub.add_parser("stop")
     stop.add_argument("dir")
+    role = sub.add_parser("scratch-role", help="create the non-superuser scratch role; print its URL")
+    role.add_argument("dir")
+    role.add_argument("port", type=int)
+    role.add_argument("--name", default=SCRATCH_ROLE)
     args = parser.parse_args(argv)
     if args.command == "start":
         pg = LocalPostgres(Path(args.dir).resolve(), args.port)
@@ -152,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.sample_data:
             load_sample_data(pg, args.sample_data)
         print(pg.url(args.sample_data or "postgres"))
+    elif args.command == "scratch-role":
+        print(ensure_scratch_role(LocalPostgres(Path(args.dir).resolve(), args.port), args.name))
     else:
         LocalPostgres(Path(args.dir).resolve(), 0).stop()
     return 0

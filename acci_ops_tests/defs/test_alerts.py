@@ -148,7 +148,7 @@ def test_a_webhook_failure_during_dr_is_logged_and_does_not_stop_it(instance):
     url = f"http://hook:pw-zq93@127.0.0.1:{listener.getsockname()[1]}/services/T/B/secret-token"
 
     @dg.op(required_resource_keys={"alert_webhook"})
-    def notify_then_continue(context: dg.OpExecutionContext) -> str:
+    def notify_then_continue(context) -> str:  # noqa: ANN001 - string annotations confuse Dagster here
         _notify(context.resources.alert_webhook, context, "DR of `production` started by <!channel>")
         return "restore would run now"
 
@@ -180,3 +180,22 @@ def test_webhook_errors_are_one_line_without_the_token():
         hook.close()
     with pytest.raises(AcciOpsError, match="cannot reach alert webhook at http://127.0.0.1:"):
         post_webhook(f"http://127.0.0.1:{free_port()}/secret-token", "x", timeout=2)
+
+
+def test_a_failing_webhook_fails_the_sensor_tick_with_one_clean_line(monkeypatch, pg_server, bucket, instance):
+    hook = Webhook(status=500)
+    try:
+        result = failed_backup_run(monkeypatch, pg_server, bucket, instance)
+        context = sensor_context(instance, result, hook.url)
+        collected = Collect()
+        context.log.addHandler(collected)
+        with pytest.raises(AcciOpsError) as failure:
+            run_failure_alert_sensor(context)
+    finally:
+        hook.close()
+    run_id = result.run_id
+    assert str(failure.value) == (f"alert for run {run_id} not delivered: alert webhook at "
+                                  f"http://127.0.0.1:{hook.server.server_port} answered HTTP 500")
+    errors = [r.getMessage() for r in collected.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0] and "job `nightly_backup` failed" in errors[0]
+    assert "secret-token" not in str(failure.value) + errors[0]

@@ -9,9 +9,11 @@ import dagster as dg
 import pytest
 
 from acci_ops.lib.layout import manifest_key_for
+from acci_ops.lib.signing import Keyring
 from acci_ops_tests.conftest import all_keys
 from acci_ops_tests.defs.conftest import defs_from_env
 from acci_ops_tests.servers import DB_PASSWORD
+from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY
 
 
 def run_nightly(instance, partition: str = "2026-11-26", raise_on_error: bool = True):
@@ -132,3 +134,108 @@ def test_offsite_copy_refuses_a_corrupted_source(single_env, monkeypatch, s3, in
     description = result.failure_data_for_node("db_backup_offsite").user_failure_data.description
     assert "does not match its manifest's sha256; not copied offsite" in description
     assert all_keys(s3, offsite) == []
+
+
+@pytest.fixture(scope="module")
+def offsite_provider(tmp_path_factory):
+    """A second S3 endpoint that enforces IAM: only the offsite user's own key may write there,
+    so a copy that lands proves the offsite credentials and endpoint were really used."""
+    import json as _json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    from acci_ops.lib.localpg import free_port
+
+    port = free_port()
+    moto = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+    log = tmp_path_factory.mktemp("moto-offsite") / "moto.log"
+    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="4"))
+    endpoint = f"http://127.0.0.1:{port}"
+    admin = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="AKIAADMINEXAMPLE0000",
+                 aws_secret_access_key="admin")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            boto3.client("s3", **admin).create_bucket(Bucket="acci-offsite")
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"offsite moto_server did not start; see {log}") from None
+            time.sleep(0.2)
+    iam = boto3.client("iam", **admin)
+    iam.create_user(UserName="offsite")
+    key = iam.create_access_key(UserName="offsite")["AccessKey"]
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="offsite", PolicyName="offsite-writer", PolicyDocument=_json.dumps(policy))
+    yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+    proc.terminate()
+    proc.wait(10)
+
+
+def offsite_client(endpoint, access_key, secret_key):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=access_key,
+                        aws_secret_access_key=secret_key, config=Config(s3={"addressing_style": "path"}))
+
+
+def test_offsite_store_with_its_own_credentials_endpoint_and_sse(single_env, monkeypatch, s3, instance,
+                                                                 offsite_provider):
+    endpoint, access_key, secret_key = offsite_provider
+    prefix = f"copy-{single_env[-8:]}"
+    monkeypatch.setenv("ACCI_OFFSITE_URL", f"s3://acci-offsite/{prefix}")
+    monkeypatch.setenv("ACCI_OFFSITE_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("ACCI_OFFSITE_AWS_ACCESS_KEY_ID", access_key)
+    monkeypatch.setenv("ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY", secret_key)
+    monkeypatch.setenv("ACCI_OFFSITE_SSE", "sse-s3")
+    results = [run_nightly(instance, partition) for partition in ("2026-11-25", "2026-11-26")]
+    assert all(r.success for r in results)
+    offsite = offsite_client(endpoint, access_key, secret_key)
+    for result in results:
+        key = materialization_metadata(result)["object_key"]
+        head = offsite.head_object(Bucket="acci-offsite", Key=f"{prefix}/{key}")
+        assert head["ServerSideEncryption"] == "AES256"
+        # The manifest is copied byte for byte, signature included.
+        primary = s3.get_object(Bucket=single_env, Key=f"acci/{manifest_key_for(key)}")["Body"].read()
+        copied = offsite.get_object(Bucket="acci-offsite", Key=f"{prefix}/{manifest_key_for(key)}")["Body"].read()
+        assert copied == primary and b'"signature": "hmac-sha256:' in copied
+        recorded = everything_recorded(instance, result)
+        assert secret_key not in recorded and TEST_SIGNING_KEY not in recorded
+    # The primary credentials are not the offsite's: that server refuses them.
+    with pytest.raises(Exception, match="InvalidAccessKeyId|AccessDenied|403"):
+        offsite_client(endpoint, "testing", "testing").list_objects_v2(Bucket="acci-offsite")
+    # (Retention on an offsite store: test_retention_job.py. Not here: this IAM-enforcing moto answers
+    # SignatureDoesNotMatch to ListObjectsV2 made from the test process, while puts and gets verify.)
+
+
+def test_offsite_with_a_wrong_secret_fails_in_one_line_without_the_secret(single_env, monkeypatch, instance,
+                                                                         offsite_provider):
+    endpoint, access_key, _ = offsite_provider
+    wrong = "Wr0ng-offsite-SECRET-value-123"
+    monkeypatch.setenv("ACCI_OFFSITE_URL", "s3://acci-offsite/wrong")
+    monkeypatch.setenv("ACCI_OFFSITE_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("ACCI_OFFSITE_AWS_ACCESS_KEY_ID", access_key)
+    monkeypatch.setenv("ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY", wrong)
+    result = run_nightly(instance, raise_on_error=False)
+    assert not result.success
+    description = result.failure_data_for_node("db_backup_offsite").user_failure_data.description
+    assert description.startswith("access denied to s3://acci-offsite/wrong/production/2026-11-26/")
+    assert "\n" not in description and wrong not in everything_recorded(instance, result)
+
+
+def test_backup_manifest_is_signed_and_the_key_never_recorded(single_env, s3, instance):
+    result = run_nightly(instance)
+    meta = materialization_metadata(result)
+    assert meta["signed"] is True
+    manifest = json.loads(s3.get_object(Bucket=single_env, Key=f"acci/{manifest_key_for(meta['object_key'])}")
+                          ["Body"].read())
+    assert Keyring.from_secret(TEST_SIGNING_KEY).verify(manifest) == "signed"
+    assert TEST_SIGNING_KEY not in everything_recorded(instance, result)

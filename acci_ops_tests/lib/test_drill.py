@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from acci_ops.lib.backups import read_manifest
 from acci_ops.lib.dburl import parse_database_url
 from acci_ops.lib.drill import (
     Targets,
@@ -28,16 +29,19 @@ from acci_ops.lib.objectstore import open_store
 from acci_ops.lib.pgdump import run_backup
 from acci_ops.lib.platform import LocalPlatform
 from acci_ops.lib.scratch import list_scratch_databases
-from acci_ops.lib.validation import ValidationReport, store_report, validate_backup, validation_key_for
+from acci_ops.lib.signing import Keyring
+from acci_ops.lib.validation import ValidationReport, store_report, validate_backup
 from acci_ops_tests.servers import start_redis
+from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
+KEYRING = Keyring.from_secret(TEST_SIGNING_KEY)  # backups and records signed as acci_ops signs them
 APP = [sys.executable, "-m", "acci_ops_tests.fakeapp"]
 
 
 def make_backup(url: str, store, day: date = date(2026, 11, 26), environment: str = "production") -> str:
     return run_backup(environment=environment, target=parse_database_url(url), store=store, partition=day,
-                      log=lambda line: None).manifest.object_key
+                      log=lambda line: None, keyring=KEYRING).manifest.object_key
 
 
 @pytest.fixture
@@ -59,7 +63,7 @@ def validated_backup(store, db_url, scratch_url):
     report = validate_backup(store=store, backup_key=key, scratch=parse_database_url(scratch_url),
                              environment="production", log=lambda line: None)
     assert report.ok, report.failure
-    store_report(store, report)
+    store_report(store, report, KEYRING)
     return key
 
 
@@ -149,15 +153,16 @@ def test_drill_refuses_production_redis(store, validated_backup, scratch_url, re
 
 
 def test_choose_backup_guards(store, db_url, scratch_url):
-    with pytest.raises(BackupError, match="no validated production backup exists"):
-        choose_backup(store, "production", None)
+    with pytest.raises(BackupError, match="no signed, validated production backup exists"):
+        choose_backup(store, "production", None, keyring=KEYRING)
     key = make_backup(db_url, store)
     with pytest.raises(BackupError, match="has not been validated"):
-        choose_backup(store, "production", key)
-    failed = ValidationReport("production", key, "", ok=False, failure="contents: row counts differ")
-    store.put_bytes(validation_key_for(key), failed.to_json())
+        choose_backup(store, "production", key, keyring=KEYRING)
+    failed = ValidationReport("production", key, "", ok=False, failure="contents: row counts differ",
+                              backup_sha256=read_manifest(store, key).sha256)
+    store_report(store, failed, KEYRING)
     with pytest.raises(BackupError, match=r"failed validation \(contents: row counts differ\); set allow_unvalidated"):
-        choose_backup(store, "production", key)
+        choose_backup(store, "production", key, keyring=KEYRING)
     assert choose_backup(store, "production", key, allow_unvalidated=True) == key
     with pytest.raises(BackupError, match="does not exist"):
         choose_backup(store, "production", "production/2026-11-26/nope.pgdump.zst")

@@ -187,3 +187,22 @@ def test_same_server_other_database_is_fine(pg_server, db_url, scratch_url):
     refuse_same_database(parse_database_url(scratch_url), parse_database_url(db_url))
     alias = parse_database_url(f"postgresql://acci:{DB_PASSWORD}@0.0.0.0:{pg_server.pg.port}/postgres")
     refuse_same_database(alias, parse_database_url(db_url))
+
+
+def test_dev_scratch_role_is_not_a_superuser_and_can_create_databases(pg_server, capsys):
+    """What `./run dev` runs (`python -m acci_ops.lib.localpg scratch-role DIR PORT`)."""
+    from acci_ops.lib.localpg import main
+    from acci_ops.lib.scratch import create_scratch_database, drop_scratch_database, new_scratch_name
+
+    assert main(["scratch-role", str(pg_server.pg.base_dir), str(pg_server.pg.port), "--name", "acci_dev_scratch"]) == 0
+    url = capsys.readouterr().out.strip()
+    assert url.startswith("postgresql://acci_dev_scratch:")
+    assert url.endswith(f"@127.0.0.1:{pg_server.pg.port}/postgres")
+    scratch = parse_database_url(url)
+    check_scratch_role(scratch)
+    name = new_scratch_name()
+    create_scratch_database(scratch, name)
+    drop_scratch_database(scratch, name)
+    assert main(["scratch-role", str(pg_server.pg.base_dir), str(pg_server.pg.port), "--name", "acci_dev_scratch"]) == 0
+    assert capsys.readouterr().out.strip() == url  # same password the second time: ./run dev can be rerun
+    assert oct((pg_server.pg.base_dir / "acci_dev_scratch.password").stat().st_mode & 0o777) == "0o600"

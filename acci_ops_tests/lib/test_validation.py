@@ -83,7 +83,7 @@ def test_auto_mode_streams_when_the_file_would_not_fit(backup, scratch_url):
 
 def test_amcheck_runs_when_the_scratch_role_can_install_it(backup, pg_server):
     store, key = backup
-    report, _ = validate(store, key, pg_server.admin_url, amcheck="required")
+    report, _ = validate(store, key, pg_server.admin_url, amcheck="required", scratch_allow_superuser=True)
     assert report.ok, report.failure
     assert report.step("amcheck").status == "passed"
 
