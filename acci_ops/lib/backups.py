@@ -260,19 +260,6 @@ class Scan:
     skipped: list[str] = field(default_factory=list)  # one-line warnings (today's/future/too-old days)
 
 
-_DAY_FOLDER = re.compile(r"^[^/]+/(\d{4}-\d{2}-\d{2})/")
-
-
-def _day_of(key: str) -> date | None:
-    match = _DAY_FOLDER.match(key)
-    if not match:
-        return None
-    try:
-        return date.fromisoformat(match.group(1))
-    except ValueError:
-        return None
-
-
 def scan_new_backups(store: ObjectStore, environment: str, start_after: str, *, today: date | None = None,
                      first_day: date | None = None, window_days: int = 7, max_objects: int = 1000,
                      max_backups: int = 20, skip_if_suffix: str | None = None,

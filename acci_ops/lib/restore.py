@@ -167,11 +167,15 @@ def pg_restore_run(argv: list[str], env: dict[str, str], *, store: ObjectStore |
     return proc.returncode, list(lines)
 
 
-def last_error(lines: list[str]) -> str:
-    for line in reversed(lines):
-        if "error" in line.lower():
-            return line.removeprefix("pg_restore: ").removeprefix("error: ")
-    return lines[-1] if lines else "no output"
+def first_error(lines: list[str]) -> str:
+    """The cause, for a one-line message: the FIRST error pg_restore printed (with --exit-on-error
+    it stops there; in parallel mode later lines are only "a worker process died unexpectedly")."""
+    first = next((line for line in lines if line.startswith("pg_restore: error:")), None)
+    if first is None:
+        first = next((line for line in reversed(lines) if "error" in line.lower()), None)
+    if first is None:
+        return lines[-1] if lines else "no output"
+    return first.removeprefix("pg_restore: ").removeprefix("error: ")
 
 
 @dataclass(frozen=True)
@@ -228,20 +232,22 @@ class RestoreResult:
     seconds: float
 
 
-def restore_backup(store: ObjectStore, backup_key: str, target: DatabaseTarget, *, clean: bool = False,
-                   jobs: int = 2, work_dir: str | None = None, reserve_bytes: int = 256 * MiB,
+def restore_backup(store: ObjectStore, backup_key: str, target: DatabaseTarget, *, jobs: int = 2,
+                   work_dir: str | None = None, reserve_bytes: int = 256 * MiB,
                    pg_bin_dir: str | None = None, timeout: float = 6 * 3600, log: Log = print) -> RestoreResult:
-    """Verify the object against its manifest, then restore it into ``target`` (which must exist).
-
-    ``clean`` drops objects before recreating them (DR into an existing database). Parallel from a
-    local file when it fits the disk, streamed otherwise; pg_restore stops at the first error."""
+    """Verify the object against its manifest, then restore it into ``target`` (which must exist and
+    be new: there is deliberately no ``--clean``, a failure midway must never half-drop a live
+    database). Parallel from a local file when it fits the disk, streamed otherwise; pg_restore
+    stops at the first error."""
     pg_restore = find_pg_tool("pg_restore", pg_bin_dir, hint="install postgresql-client-15 or set ACCI_PG_BIN")
     manifest = read_manifest(store, backup_key)
     work = work_dir or tempfile.gettempdir()
     fits = shutil.disk_usage(work).free >= manifest.dump_bytes + reserve_bytes
     mode = "parallel" if fits else "stream"
     started = time.monotonic()
-    fetched = fetch_archive(store, backup_key, to_dir=work if fits else None)
+    # The manifest comes from the bucket: cap what is read and decompressed by what it declares.
+    fetched = fetch_archive(store, backup_key, to_dir=work if fits else None,
+                            max_output=manifest.dump_bytes, max_input=manifest.stored_bytes)
     local = fetched.local_file
     try:
         try:
@@ -249,17 +255,15 @@ def restore_backup(store: ObjectStore, backup_key: str, target: DatabaseTarget, 
         except BackupError as exc:
             raise BackupError(f"{store.uri_for(backup_key)}: {exc}; not restoring") from None
         argv = [pg_restore, "--exit-on-error", "--no-owner", "--no-privileges", "--dbname", target.dbname]
-        if clean:
-            argv += ["--clean", "--if-exists"]
         source = dict(store=None, key=None)
         if local is not None:
             argv += ["--jobs", str(jobs), str(local)]
         else:
-            source = dict(store=store, key=backup_key)
+            source = dict(store=store, key=backup_key, max_output=manifest.dump_bytes)
         log(f"restoring {store.uri_for(backup_key)} into {target.describe()} ({mode})")
         rc, lines = pg_restore_run(argv, target.libpq_env(), timeout=timeout, log=log, **source)
         if rc != 0:
-            raise BackupError(f"pg_restore into {target.describe()} stopped at the first error: {last_error(lines)}")
+            raise BackupError(f"pg_restore into {target.describe()} stopped at the first error: {first_error(lines)}")
     finally:
         if local is not None:
             local.unlink(missing_ok=True)

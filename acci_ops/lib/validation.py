@@ -32,7 +32,7 @@ from acci_ops.lib.layout import BackupKey, parse_dump_key
 from acci_ops.lib.manifest import MAX_ROWS, BackupManifest, Fields, check_shape, parse_json
 from acci_ops.lib.objectstore import MiB, ObjectStore
 from acci_ops.lib.pgdump import explain_pg_error
-from acci_ops.lib.restore import fetch_archive, last_error, pg_restore_run
+from acci_ops.lib.restore import fetch_archive, first_error, pg_restore_run
 from acci_ops.lib.scratch import (
     create_scratch_database,
     drop_scratch_database,
@@ -245,7 +245,7 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
         with run.step("toc") as step:
             rc, lines = pg_restore_run([pg_restore, "--list", *archive], {}, timeout=remaining(), log=log, **from_store)
             if rc != 0:
-                raise BackupError(f"the archive's table of contents does not read: {last_error(lines)}")
+                raise BackupError(f"the archive's table of contents does not read: {first_error(lines)}")
             dbname = next((m.group(1) for line in lines if (m := re.match(r";\s+dbname:\s+(\S+)", line))), None)
             entries = sum(1 for line in lines if line and not line.startswith(";"))
             if dbname != manifest.database:
@@ -264,7 +264,7 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
             rc, lines = pg_restore_run(argv, scratch.with_dbname(scratch_name).libpq_env(), timeout=remaining(),
                                     log=log, **from_store)
             if rc != 0:
-                raise BackupError(f"pg_restore stopped at the first error: {last_error(lines)}")
+                raise BackupError(f"pg_restore stopped at the first error: {first_error(lines)}")
             report.restore_seconds = round(time.monotonic() - started, 3)
             how = f"-j {settings.jobs}" if report.mode == "parallel" else "stdin"
             step.detail = f"into {scratch_name} ({how})"

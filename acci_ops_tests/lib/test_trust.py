@@ -243,3 +243,24 @@ def test_newest_trusted_manifest_ranks_by_snapshot_time(store):
                mutate=lambda d: d.update(snapshot_at="2026-11-27T01:00:00+00:00"))  # snapshot before start: bad
     found = newest_trusted_manifest(store, "production", KEYRING, now=NOW)
     assert found.backup.key == early
+
+
+# --- settings ------------------------------------------------------------------------------
+
+def test_signing_key_setting_is_a_variable_name(tmp_path):
+    from acci_ops.settings import load_settings
+
+    single = load_settings({"ACCI_BACKUP_SIGNING_KEY": TEST_SIGNING_KEY})
+    assert single.environments[0].signing_key_env == "ACCI_BACKUP_SIGNING_KEY"
+    assert load_settings({}).environments[0].signing_key_env is None
+    path = tmp_path / "envs.yaml"
+    path.write_text("environments:\n  staging: {database_url_env: DB, backup_url: 's3://b/p', "
+                    "signing_key_env: STAGING_SIGNING_KEY}\n  production: {database_url_env: DB, backup_url: 's3://b/q'}\n")
+    several = load_settings({"ACCI_ENVIRONMENTS_FILE": str(path), "ACCI_BACKUP_SIGNING_KEY": "x" * 40})
+    assert [s.signing_key_env for s in several.environments] == ["STAGING_SIGNING_KEY", "ACCI_BACKUP_SIGNING_KEY"]
+    path.write_text(f"environments:\n  staging: {{database_url_env: DB, backup_url: 's3://b/p', "
+                    f"signing_key_env: '{TEST_SIGNING_KEY}'}}\n")
+    with pytest.raises(ConfigError) as failure:
+        load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)})
+    assert "signing_key_env must be the NAME of an environment variable" in str(failure.value)
+    assert TEST_SIGNING_KEY not in str(failure.value)
