@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from acci_ops.lib.errors import ConfigError
-from acci_ops.lib.retention import RetentionPolicy
+from acci_ops.lib.backup.retention import RetentionPolicy
+from acci_ops.lib.core.errors import ConfigError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

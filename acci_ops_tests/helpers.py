@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from acci_ops.lib.catalog import exact_row_counts
+from acci_ops.lib.postgres.catalog import exact_row_counts
 from acci_ops_tests.servers import PgServer
 
 

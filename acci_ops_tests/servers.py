@@ -14,7 +14,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from acci_ops.lib.localpg import LocalPostgres, free_port, load_sample_data
+from acci_ops.dev.localpg import LocalPostgres, load_sample_data
+from acci_ops.lib.core.net import free_port
 
 # A password distinctive enough that a grep over logs, argv, metadata and errors is meaningful.
 DB_PASSWORD = "Tr0ub4dor-zq93-SECRET"

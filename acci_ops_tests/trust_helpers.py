@@ -1,6 +1,6 @@
 """Writing backups the way acci_ops or a bucket writer would, for the bucket-trust tests.
 
-The signature is computed here independently of acci_ops.lib.signing (HMAC-SHA256 over the
+The signature is computed here independently of acci_ops.lib.backup.signing (HMAC-SHA256 over the
 canonical JSON of every field but ``signature``), so the tests pin the documented format.
 """
 

@@ -6,7 +6,7 @@ import os
 import dagster as dg
 
 from acci_ops.defs.resources import AlertWebhook
-from acci_ops.lib.errors import AcciOpsError
+from acci_ops.lib.core.errors import AcciOpsError
 
 WILL_RETRY_TAG = "dagster/will_retry"
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from acci_ops.lib.alerts import post_webhook
-from acci_ops.lib.dburl import DatabaseTarget, parse_database_url
-from acci_ops.lib.errors import ConfigError
-from acci_ops.lib.objectstore import Encryption, ObjectStore, S3Store, open_store
-from acci_ops.lib.pgdump import BackupSettings
-from acci_ops.lib.platform import ComposePlatform, HelmPlatform, LocalPlatform, Platform
-from acci_ops.lib.signing import Keyring
-from acci_ops.lib.validation import ValidationSettings
+from acci_ops.lib.backup.dump import BackupSettings
+from acci_ops.lib.backup.signing import Keyring
+from acci_ops.lib.core.errors import ConfigError
+from acci_ops.lib.core.webhook import post_webhook
+from acci_ops.lib.platform.backends import ComposePlatform, HelmPlatform, LocalPlatform, Platform
+from acci_ops.lib.postgres.urls import DatabaseTarget, parse_database_url
+from acci_ops.lib.storage.objectstore import Encryption, ObjectStore, S3Store, open_store
+from acci_ops.lib.validation.validate import ValidationSettings
 from acci_ops.settings import EnvironmentSpec
 
 

@@ -13,9 +13,9 @@ import pytest
 from acci_ops.defs.alerts import run_failure_alert_sensor
 from acci_ops.defs.dr.jobs import _notify
 from acci_ops.defs.resources import AlertWebhook
-from acci_ops.lib.alerts import post_webhook
-from acci_ops.lib.errors import AcciOpsError
-from acci_ops.lib.localpg import free_port
+from acci_ops.lib.core.errors import AcciOpsError
+from acci_ops.lib.core.net import free_port
+from acci_ops.lib.core.webhook import post_webhook
 from acci_ops_tests.defs.conftest import defs_from_env
 from acci_ops_tests.servers import DB_PASSWORD
 

@@ -8,8 +8,8 @@ import json
 import dagster as dg
 import pytest
 
-from acci_ops.lib.layout import manifest_key_for
-from acci_ops.lib.signing import Keyring
+from acci_ops.lib.backup.layout import manifest_key_for
+from acci_ops.lib.backup.signing import Keyring
 from acci_ops_tests.conftest import all_keys
 from acci_ops_tests.defs.conftest import defs_from_env
 from acci_ops_tests.servers import DB_PASSWORD
@@ -149,7 +149,7 @@ def offsite_provider(tmp_path_factory):
 
     import boto3
 
-    from acci_ops.lib.localpg import free_port
+    from acci_ops.lib.core.net import free_port
 
     port = free_port()
     moto = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")

@@ -1,5 +1,5 @@
 """DR drills and on-call recovery as Dagster runs them, end to end with the local backend:
-real PostgreSQL, real Redis, S3 over HTTP, and the stand-in app (acci_ops_tests/fakeapp.py).
+real PostgreSQL, real Redis, S3 over HTTP, and the stand-in app (acci_ops/dev/fakeapp.py).
 
 Recovery FLUSHALLs production's Redis, so these tests give it a redis-server of their own; the apps
 a recovery starts (and never tears down) are stopped by the pid they wrote, never by name."""
@@ -20,11 +20,11 @@ import pytest
 import redis
 import yaml
 
-from acci_ops.lib.dburl import parse_database_url
-from acci_ops.lib.localpg import load_sample_data
-from acci_ops.lib.objectstore import open_store
-from acci_ops.lib.scratch import list_scratch_databases
-from acci_ops.lib.validation import store_report, validate_backup
+from acci_ops.dev.localpg import load_sample_data
+from acci_ops.lib.postgres.scratch import list_scratch_databases
+from acci_ops.lib.postgres.urls import parse_database_url
+from acci_ops.lib.storage.objectstore import open_store
+from acci_ops.lib.validation.validate import store_report, validate_backup
 from acci_ops_tests.conftest import all_keys
 from acci_ops_tests.defs.conftest import defs_from_env
 from acci_ops_tests.defs.test_alerts import Webhook
@@ -106,7 +106,7 @@ def app_pids(tmp_path):
 
 
 def app_command(pidfile: Path) -> str:
-    return f"{sys.executable} -m acci_ops_tests.fakeapp --pidfile {pidfile}"
+    return f"{sys.executable} -m acci_ops.dev.fakeapp --pidfile {pidfile}"
 
 
 @pytest.fixture
@@ -249,7 +249,7 @@ def staging_backup(pg_server, bucket, scratch_url):
                       "acci_staging")
     from datetime import date
 
-    from acci_ops.lib.pgdump import run_backup
+    from acci_ops.lib.backup.dump import run_backup
 
     store = open_store(f"s3://{bucket}/acci")
     key = run_backup(environment="staging", target=parse_database_url(pg_server.pg.url("acci_staging")), store=store,

@@ -8,8 +8,8 @@ from datetime import date, timedelta
 
 import dagster as dg
 
-from acci_ops.lib.layout import manifest_key_for
-from acci_ops.lib.signing import NO_KEY_WARNING
+from acci_ops.lib.backup.layout import manifest_key_for
+from acci_ops.lib.backup.signing import NO_KEY_WARNING
 from acci_ops_tests.conftest import all_keys
 from acci_ops_tests.defs.conftest import defs_from_env
 from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY, put_backup

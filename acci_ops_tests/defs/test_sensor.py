@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from acci_ops.defs.validation import sensors
-from acci_ops.lib.objectstore import S3Store
+from acci_ops.lib.storage.objectstore import S3Store
 from acci_ops_tests.defs.conftest import defs_from_env
 from acci_ops_tests.trust_helpers import put_backup
 

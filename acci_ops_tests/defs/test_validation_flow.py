@@ -9,10 +9,10 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 import pytest
 
-from acci_ops.lib.backups import scan_new_backups
-from acci_ops.lib.layout import dump_key, manifest_key_for
-from acci_ops.lib.objectstore import open_store
-from acci_ops.lib.validation import ValidationReport, validation_key_for
+from acci_ops.lib.backup.inventory import scan_new_backups
+from acci_ops.lib.backup.layout import dump_key, manifest_key_for
+from acci_ops.lib.storage.objectstore import open_store
+from acci_ops.lib.validation.validate import ValidationReport, validation_key_for
 from acci_ops_tests.conftest import all_keys
 from acci_ops_tests.defs.conftest import defs_from_env
 from acci_ops_tests.servers import DB_PASSWORD

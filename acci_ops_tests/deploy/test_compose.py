@@ -142,9 +142,9 @@ def test_drill_overlay_wires_the_app_to_what_acci_ops_passes(compose: list[str])
 def test_compose_platform_drill_resolves_to_the_drill_stack(compose: list[str]) -> None:
     """The exact command and environment ComposePlatform uses for a drill, resolved by the real Compose CLI
     (`config` in place of `up`): the app gets the drill database, the drill Redis and the free port returned."""
-    from acci_ops.lib.commands import CommandResult
-    from acci_ops.lib.dburl import parse_database_url
-    from acci_ops.lib.platform import AppRuntime, ComposePlatform
+    from acci_ops.lib.core.commands import CommandResult
+    from acci_ops.lib.platform.backends import AppRuntime, ComposePlatform
+    from acci_ops.lib.postgres.urls import parse_database_url
 
     seen: dict = {}
 

@@ -7,11 +7,11 @@ from datetime import date
 
 import pytest
 
-from acci_ops.lib.dburl import parse_database_url
-from acci_ops.lib.errors import AcciOpsError, BackupError, ConfigError
-from acci_ops.lib.localpg import free_port
-from acci_ops.lib.objectstore import S3Store, open_store
-from acci_ops.lib.pgdump import run_backup
+from acci_ops.lib.backup.dump import run_backup
+from acci_ops.lib.core.errors import AcciOpsError, BackupError, ConfigError
+from acci_ops.lib.core.net import free_port
+from acci_ops.lib.postgres.urls import parse_database_url
+from acci_ops.lib.storage.objectstore import S3Store, open_store
 from acci_ops_tests.conftest import all_keys
 from acci_ops_tests.servers import DB_PASSWORD
 

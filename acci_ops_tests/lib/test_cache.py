@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from acci_ops.lib import cache
-from acci_ops.lib.errors import ConfigError
-from acci_ops.lib.localpg import free_port
+from acci_ops.lib.core.errors import ConfigError
+from acci_ops.lib.core.net import free_port
+from acci_ops.lib.dr import redis_cache as cache
 from acci_ops_tests.servers import start_redis
 
 

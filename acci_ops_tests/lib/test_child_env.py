@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from acci_ops.lib.commands import child_env, find_pg_tool, run_command
-from acci_ops.lib.dburl import parse_database_url
-from acci_ops.lib.objectstore import open_store
-from acci_ops.lib.pgdump import BackupSettings, run_backup
-from acci_ops.lib.platform import AppRuntime, ComposePlatform, HelmPlatform, LocalPlatform
-from acci_ops.lib.validation import ValidationSettings, validate_backup
+from acci_ops.lib.backup.dump import BackupSettings, run_backup
+from acci_ops.lib.core.commands import child_env, find_pg_tool, run_command
+from acci_ops.lib.platform.backends import AppRuntime, ComposePlatform, HelmPlatform, LocalPlatform
+from acci_ops.lib.postgres.urls import parse_database_url
+from acci_ops.lib.storage.objectstore import open_store
+from acci_ops.lib.validation.validate import ValidationSettings, validate_backup
 from acci_ops_tests.conftest import SCRATCH_PASSWORD
 from acci_ops_tests.servers import DB_PASSWORD
 

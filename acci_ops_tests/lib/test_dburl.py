@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from acci_ops.lib.dburl import parse_database_url, redact_url
+from acci_ops.lib.postgres.urls import parse_database_url, redact_url
 
 
 def test_parse_and_split_secret():

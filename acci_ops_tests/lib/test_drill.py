@@ -12,9 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from acci_ops.lib.backups import read_manifest
-from acci_ops.lib.dburl import parse_database_url
-from acci_ops.lib.drill import (
+from acci_ops.dev.localpg import load_sample_data
+from acci_ops.lib.backup.dump import run_backup
+from acci_ops.lib.backup.inventory import read_manifest
+from acci_ops.lib.backup.layout import manifest_key_for
+from acci_ops.lib.backup.signing import Keyring
+from acci_ops.lib.core.errors import BackupError
+from acci_ops.lib.dr.procedures import (
     Targets,
     choose_backup,
     refuse_foreign_backup,
@@ -22,21 +26,17 @@ from acci_ops.lib.drill import (
     run_recovery,
     store_procedure_report,
 )
-from acci_ops.lib.errors import BackupError
-from acci_ops.lib.layout import manifest_key_for
-from acci_ops.lib.localpg import load_sample_data
-from acci_ops.lib.objectstore import open_store
-from acci_ops.lib.pgdump import run_backup
-from acci_ops.lib.platform import LocalPlatform
-from acci_ops.lib.scratch import list_scratch_databases
-from acci_ops.lib.signing import Keyring
-from acci_ops.lib.validation import ValidationReport, store_report, validate_backup
+from acci_ops.lib.platform.backends import LocalPlatform
+from acci_ops.lib.postgres.scratch import list_scratch_databases
+from acci_ops.lib.postgres.urls import parse_database_url
+from acci_ops.lib.storage.objectstore import open_store
+from acci_ops.lib.validation.validate import ValidationReport, store_report, validate_backup
 from acci_ops_tests.servers import start_redis
 from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYRING = Keyring.from_secret(TEST_SIGNING_KEY)  # backups and records signed as acci_ops signs them
-APP = [sys.executable, "-m", "acci_ops_tests.fakeapp"]
+APP = [sys.executable, "-m", "acci_ops.dev.fakeapp"]
 
 
 def make_backup(url: str, store, day: date = date(2026, 11, 26), environment: str = "production") -> str:

@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from acci_ops.lib.dburl import parse_database_url
-from acci_ops.lib.errors import TransientError
-from acci_ops.lib.manifest import BackupManifest
-from acci_ops.lib.objectstore import S3Store
-from acci_ops.lib.pgdump import run_backup
-from acci_ops.lib.signing import Keyring
+from acci_ops.lib.backup.dump import run_backup
+from acci_ops.lib.backup.manifest import BackupManifest
+from acci_ops.lib.backup.signing import Keyring
+from acci_ops.lib.core.errors import TransientError
+from acci_ops.lib.postgres.urls import parse_database_url
+from acci_ops.lib.storage.objectstore import S3Store
 from acci_ops_tests.conftest import all_keys
 from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from acci_ops.lib.dburl import parse_database_url
-from acci_ops.lib.errors import AcciOpsError, BackupError, ConfigError
-from acci_ops.lib.layout import manifest_key_for
-from acci_ops.lib.manifest import BackupManifest
-from acci_ops.lib.objectstore import Encryption, FileStore, S3Store, open_store
-from acci_ops.lib.pgdump import BackupSettings, run_backup
+from acci_ops.lib.backup.dump import BackupSettings, run_backup
+from acci_ops.lib.backup.layout import manifest_key_for
+from acci_ops.lib.backup.manifest import BackupManifest
+from acci_ops.lib.core.errors import AcciOpsError, BackupError, ConfigError
+from acci_ops.lib.postgres.urls import parse_database_url
+from acci_ops.lib.storage.objectstore import Encryption, FileStore, S3Store, open_store
 from acci_ops_tests.conftest import all_keys
 from acci_ops_tests.helpers import (
     TriggerAfter,

@@ -15,12 +15,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from acci_ops.lib.commands import CommandResult
-from acci_ops.lib.dburl import DatabaseTarget, parse_database_url
-from acci_ops.lib.errors import AcciOpsError, ConfigError
-from acci_ops.lib.localpg import free_port
-from acci_ops.lib.platform import AppRuntime, ComposePlatform, HelmPlatform, LocalPlatform
-from acci_ops.lib.probes import check_metrics, wait_for_health
+from acci_ops.lib.core.commands import CommandResult
+from acci_ops.lib.core.errors import AcciOpsError, ConfigError
+from acci_ops.lib.core.net import free_port
+from acci_ops.lib.dr.probes import check_metrics, wait_for_health
+from acci_ops.lib.platform.backends import AppRuntime, ComposePlatform, HelmPlatform, LocalPlatform
+from acci_ops.lib.postgres.urls import DatabaseTarget, parse_database_url
 
 SECRET = "db-Pa55-secret"
 RUNTIME = AppRuntime(parse_database_url(f"postgresql://acci:{SECRET}@db.internal:5432/acci"),

@@ -6,9 +6,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from acci_ops.lib.errors import ConfigError
-from acci_ops.lib.layout import dump_key, parse_dump_key
-from acci_ops.lib.retention import RetentionPolicy, complete_backups, plan_retention
+from acci_ops.lib.backup.layout import dump_key, parse_dump_key
+from acci_ops.lib.backup.retention import RetentionPolicy, complete_backups, plan_retention
+from acci_ops.lib.core.errors import ConfigError
 
 
 def backups_on(days: list[date], env: str = "production", per_day: int = 1):

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from acci_ops.lib.dburl import parse_database_url
-from acci_ops.lib.drill import run_drill
-from acci_ops.lib.errors import ConfigError
-from acci_ops.lib.localpg import _let_postgres_traverse
-from acci_ops.lib.objectstore import open_store
-from acci_ops.lib.pgdump import run_backup
-from acci_ops.lib.platform import LocalPlatform
-from acci_ops.lib.scratch import check_scratch_role, list_scratch_databases, refuse_same_database
-from acci_ops.lib.validation import ValidationSettings, validate_backup
+from acci_ops.dev.localpg import _let_postgres_traverse
+from acci_ops.lib.backup.dump import run_backup
+from acci_ops.lib.core.errors import ConfigError
+from acci_ops.lib.dr.procedures import run_drill
+from acci_ops.lib.platform.backends import LocalPlatform
+from acci_ops.lib.postgres.scratch import check_scratch_role, list_scratch_databases, refuse_same_database
+from acci_ops.lib.postgres.urls import parse_database_url
+from acci_ops.lib.storage.objectstore import open_store
+from acci_ops.lib.validation.validate import ValidationSettings, validate_backup
 from acci_ops_tests.servers import DB_PASSWORD
 
 SUPERUSER_REFUSAL = ("scratch role postgres is a superuser: a restored archive could run shell commands as it; "
@@ -190,9 +190,9 @@ def test_same_server_other_database_is_fine(pg_server, db_url, scratch_url):
 
 
 def test_dev_scratch_role_is_not_a_superuser_and_can_create_databases(pg_server, capsys):
-    """What `./run dev` runs (`python -m acci_ops.lib.localpg scratch-role DIR PORT`)."""
-    from acci_ops.lib.localpg import main
-    from acci_ops.lib.scratch import create_scratch_database, drop_scratch_database, new_scratch_name
+    """What `./run dev` runs (`python -m acci_ops.dev.localpg scratch-role DIR PORT`)."""
+    from acci_ops.dev.localpg import main
+    from acci_ops.lib.postgres.scratch import create_scratch_database, drop_scratch_database, new_scratch_name
 
     assert main(["scratch-role", str(pg_server.pg.base_dir), str(pg_server.pg.port), "--name", "acci_dev_scratch"]) == 0
     url = capsys.readouterr().out.strip()

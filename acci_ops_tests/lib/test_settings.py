@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from acci_ops.lib.errors import ConfigError
+from acci_ops.lib.core.errors import ConfigError
 from acci_ops.settings import load_settings
 
 FILE = """

@@ -8,14 +8,14 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from acci_ops.lib.backups import newest_trusted_manifest, plan_store_retention, read_manifest
-from acci_ops.lib.drill import choose_backup
-from acci_ops.lib.errors import BackupError, ConfigError
-from acci_ops.lib.manifest import BackupManifest
-from acci_ops.lib.objectstore import open_store
-from acci_ops.lib.retention import RetentionPolicy
-from acci_ops.lib.signing import Keyring
-from acci_ops.lib.validation import ValidationReport, newest_validated
+from acci_ops.lib.backup.inventory import newest_trusted_manifest, plan_store_retention, read_manifest
+from acci_ops.lib.backup.manifest import BackupManifest
+from acci_ops.lib.backup.retention import RetentionPolicy
+from acci_ops.lib.backup.signing import Keyring
+from acci_ops.lib.core.errors import BackupError, ConfigError
+from acci_ops.lib.dr.procedures import choose_backup
+from acci_ops.lib.storage.objectstore import open_store
+from acci_ops.lib.validation.validate import ValidationReport, newest_validated
 from acci_ops_tests.trust_helpers import (
     OTHER_SIGNING_KEY,
     TEST_SIGNING_KEY,

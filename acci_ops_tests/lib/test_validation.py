@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from acci_ops.lib.dburl import parse_database_url
-from acci_ops.lib.errors import ConfigError
-from acci_ops.lib.layout import manifest_key_for
-from acci_ops.lib.localpg import free_port
-from acci_ops.lib.objectstore import open_store
-from acci_ops.lib.pgdump import run_backup
-from acci_ops.lib.scratch import (
+from acci_ops.lib.backup.dump import run_backup
+from acci_ops.lib.backup.layout import manifest_key_for
+from acci_ops.lib.core.errors import ConfigError
+from acci_ops.lib.core.net import free_port
+from acci_ops.lib.postgres.scratch import (
     check_scratch_name,
     drop_scratch_database,
     drop_stale_scratch_databases,
     list_scratch_databases,
 )
-from acci_ops.lib.validation import ValidationSettings, validate_backup
+from acci_ops.lib.postgres.urls import parse_database_url
+from acci_ops.lib.storage.objectstore import open_store
+from acci_ops.lib.validation.validate import ValidationSettings, validate_backup
 
 
 @pytest.fixture
@@ -252,8 +252,8 @@ def test_decompression_stops_at_the_manifests_dump_bytes(backup, scratch_url, s3
 
 
 def test_fetch_archive_caps_output_and_removes_the_file(backup, tmp_path):
-    from acci_ops.lib.errors import BackupError
-    from acci_ops.lib.restore import fetch_archive
+    from acci_ops.lib.backup.restore import fetch_archive
+    from acci_ops.lib.core.errors import BackupError
 
     store, key = backup
     with pytest.raises(BackupError, match=r"^decompressed more than the manifest's 4096 bytes; stopped"):

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from acci_ops.lib.alerts import post_webhook, slack_escape
-from acci_ops.lib.errors import AcciOpsError
+from acci_ops.lib.core.errors import AcciOpsError
+from acci_ops.lib.core.webhook import post_webhook, slack_escape
 
 TOKEN = "T000/B000/XyZsecretToken"
 

@@ -6,10 +6,10 @@ from datetime import date, timedelta
 import dagster as dg
 
 from acci_ops.defs.resources import AcciEnvironment, resource_key
-from acci_ops.lib.backups import copy_backup, list_backups
-from acci_ops.lib.errors import AcciOpsError, TransientError
-from acci_ops.lib.pgdump import BackupResult, run_backup
-from acci_ops.lib.signing import NO_KEY_WARNING, Keyring
+from acci_ops.lib.backup.dump import BackupResult, run_backup
+from acci_ops.lib.backup.inventory import copy_backup, list_backups
+from acci_ops.lib.backup.signing import NO_KEY_WARNING, Keyring
+from acci_ops.lib.core.errors import AcciOpsError, TransientError
 from acci_ops.settings import EnvironmentSpec, Settings
 
 BACKUP_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))

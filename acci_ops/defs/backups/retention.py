@@ -6,11 +6,11 @@ from pydantic import Field
 
 from acci_ops.defs.backups.assets import keyring_or_warn
 from acci_ops.defs.resources import AcciEnvironment, resource_key
-from acci_ops.lib.backups import delete_backup, plan_store_retention
-from acci_ops.lib.errors import AcciOpsError
-from acci_ops.lib.objectstore import ObjectStore
-from acci_ops.lib.retention import RetentionPlan, RetentionPolicy, untrusted_count
-from acci_ops.lib.signing import Keyring
+from acci_ops.lib.backup.inventory import delete_backup, plan_store_retention
+from acci_ops.lib.backup.retention import RetentionPlan, RetentionPolicy, untrusted_count
+from acci_ops.lib.backup.signing import Keyring
+from acci_ops.lib.core.errors import AcciOpsError
+from acci_ops.lib.storage.objectstore import ObjectStore
 from acci_ops.settings import Settings
 
 

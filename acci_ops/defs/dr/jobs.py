@@ -7,7 +7,8 @@ from pydantic import Field
 
 from acci_ops.defs.backups.assets import keyring_or_warn
 from acci_ops.defs.resources import AcciDisasterRecovery, AcciEnvironment, AlertWebhook, dr_resource_key, resource_key
-from acci_ops.lib.drill import (
+from acci_ops.lib.core.errors import AcciOpsError
+from acci_ops.lib.dr.procedures import (
     ProcedureReport,
     Targets,
     choose_backup,
@@ -16,7 +17,6 @@ from acci_ops.lib.drill import (
     run_recovery,
     store_procedure_report,
 )
-from acci_ops.lib.errors import AcciOpsError
 from acci_ops.settings import Settings
 
 

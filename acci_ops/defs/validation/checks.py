@@ -6,11 +6,11 @@ import dagster as dg
 
 from acci_ops.defs.backups.assets import backup_asset_key, daily_partitions, keyring_or_warn, run_step
 from acci_ops.defs.resources import AcciEnvironment, resource_key
-from acci_ops.lib.backups import Trust, inspect_backup, list_backups
-from acci_ops.lib.errors import AcciOpsError
-from acci_ops.lib.layout import parse_dump_key
-from acci_ops.lib.signing import NO_KEY_WARNING, Keyring
-from acci_ops.lib.validation import ValidationReport, newest_validated, store_report, validate_backup
+from acci_ops.lib.backup.inventory import Trust, inspect_backup, list_backups
+from acci_ops.lib.backup.layout import parse_dump_key
+from acci_ops.lib.backup.signing import NO_KEY_WARNING, Keyring
+from acci_ops.lib.core.errors import AcciOpsError
+from acci_ops.lib.validation.validate import ValidationReport, newest_validated, store_report, validate_backup
 from acci_ops.settings import EnvironmentSpec, Settings
 
 BACKUP_KEY_TAG = "acci/backup_key"

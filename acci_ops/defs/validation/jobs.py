@@ -5,8 +5,8 @@ from datetime import timedelta
 import dagster as dg
 
 from acci_ops.defs.resources import AcciEnvironment, resource_key
-from acci_ops.lib.errors import AcciOpsError
-from acci_ops.lib.scratch import drop_stale_scratch_databases
+from acci_ops.lib.core.errors import AcciOpsError
+from acci_ops.lib.postgres.scratch import drop_stale_scratch_databases
 from acci_ops.settings import Settings
 
 

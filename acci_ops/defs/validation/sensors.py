@@ -8,9 +8,9 @@ import dagster as dg
 
 from acci_ops.defs.resources import resource_key
 from acci_ops.defs.validation.checks import BACKUP_KEY_TAG, check_key, validated_asset_key
-from acci_ops.lib.backups import scan_new_backups
-from acci_ops.lib.errors import AcciOpsError
-from acci_ops.lib.validation import VALIDATION_SUFFIX
+from acci_ops.lib.backup.inventory import scan_new_backups
+from acci_ops.lib.core.errors import AcciOpsError
+from acci_ops.lib.validation.validate import VALIDATION_SUFFIX
 from acci_ops.settings import Settings
 
 MAX_OBJECTS_PER_TICK = 2000

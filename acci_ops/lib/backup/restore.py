@@ -22,12 +22,12 @@ from typing import BinaryIO
 
 import zstandard
 
-from acci_ops.lib.backups import read_manifest
-from acci_ops.lib.commands import PG_ENV, child_env, find_pg_tool, pump_lines
-from acci_ops.lib.dburl import DatabaseTarget
-from acci_ops.lib.errors import AcciOpsError, BackupError
-from acci_ops.lib.manifest import BackupManifest
-from acci_ops.lib.objectstore import MiB, ObjectStore
+from acci_ops.lib.backup.inventory import read_manifest
+from acci_ops.lib.backup.manifest import BackupManifest
+from acci_ops.lib.core.commands import PG_ENV, child_env, find_pg_tool, pump_lines
+from acci_ops.lib.core.errors import AcciOpsError, BackupError
+from acci_ops.lib.postgres.urls import DatabaseTarget
+from acci_ops.lib.storage.objectstore import MiB, ObjectStore
 
 Log = Callable[[str], None]
 

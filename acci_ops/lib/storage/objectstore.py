@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
 
-from acci_ops.lib.errors import BackupError, ConfigError, TransientError
+from acci_ops.lib.core.errors import BackupError, ConfigError, TransientError
 
 MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MiB

@@ -4,9 +4,9 @@ Uses the machine's PostgreSQL server binaries (Debian ``postgresql-15``). ``init
 ``pg_ctl`` refuse to run as root, so as root they run as the ``postgres`` system user via
 ``runuser``; clients connect over TCP on 127.0.0.1.
 
-    python -m acci_ops.lib.localpg start DIR PORT [--sample-data]
-    python -m acci_ops.lib.localpg stop DIR
-    python -m acci_ops.lib.localpg scratch-role DIR PORT   (prints the URL of a non-superuser CREATEDB role)
+    python -m acci_ops.dev.localpg start DIR PORT [--sample-data]
+    python -m acci_ops.dev.localpg stop DIR
+    python -m acci_ops.dev.localpg scratch-role DIR PORT   (prints the URL of a non-superuser CREATEDB role)
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import argparse
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -36,12 +35,6 @@ def server_bin_dir() -> str:
     if found:
         return os.path.dirname(found)
     raise RuntimeError(f"no PostgreSQL server binaries (initdb) found; {INSTALL_HINT}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _as_owner(argv: list[str]) -> list[str]:

@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from acci_ops.lib.commands import COMPOSE_ENV, HELM_ENV, CommandResult, child_env, pump_lines, run_command
-from acci_ops.lib.dburl import DatabaseTarget
-from acci_ops.lib.errors import AcciOpsError, ConfigError
-from acci_ops.lib.localpg import free_port
+from acci_ops.lib.core.commands import COMPOSE_ENV, HELM_ENV, CommandResult, child_env, pump_lines, run_command
+from acci_ops.lib.core.errors import AcciOpsError, ConfigError
+from acci_ops.lib.core.net import free_port
+from acci_ops.lib.postgres.urls import DatabaseTarget
 
 Log = Callable[[str], None]
 Runner = Callable[..., CommandResult]
@@ -129,7 +129,7 @@ class HelmPlatform(Platform):
         return f"helm release {self.release} in namespace {self.namespace}"
 
 
-DRILL_OVERLAY = Path(__file__).resolve().parents[2] / "deploy" / "compose" / "docker-compose.acci-ops.yml"
+DRILL_OVERLAY = Path(__file__).resolve().parents[3] / "deploy" / "compose" / "docker-compose.acci-ops.yml"
 
 
 @dataclass

@@ -16,20 +16,21 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from acci_ops.lib import cache, dbswitch
-from acci_ops.lib.backups import inspect_backup, read_manifest
-from acci_ops.lib.dburl import DatabaseTarget
-from acci_ops.lib.errors import AcciOpsError, BackupError, ConfigError
-from acci_ops.lib.layout import manifest_key_for, parse_dump_key
-from acci_ops.lib.manifest import BackupManifest
-from acci_ops.lib.objectstore import ObjectStore
-from acci_ops.lib.platform import AppRuntime, Platform
-from acci_ops.lib.probes import check_metrics, wait_for_health
-from acci_ops.lib.restore import restore_backup
-from acci_ops.lib.scratch import create_scratch_database, drop_scratch_database, new_scratch_name
-from acci_ops.lib.signing import NO_KEY_WARNING, Keyring
-from acci_ops.lib.steps import StepFailed, StepRecorder, StepResult, steps_markdown
-from acci_ops.lib.validation import newest_validated, read_record, record_problem, validation_key_for
+from acci_ops.lib.backup.inventory import inspect_backup, read_manifest
+from acci_ops.lib.backup.layout import manifest_key_for, parse_dump_key
+from acci_ops.lib.backup.manifest import BackupManifest
+from acci_ops.lib.backup.restore import restore_backup
+from acci_ops.lib.backup.signing import NO_KEY_WARNING, Keyring
+from acci_ops.lib.core.errors import AcciOpsError, BackupError, ConfigError
+from acci_ops.lib.core.steps import StepFailed, StepRecorder, StepResult, steps_markdown
+from acci_ops.lib.dr import redis_cache as cache
+from acci_ops.lib.dr import switch as dbswitch
+from acci_ops.lib.dr.probes import check_metrics, wait_for_health
+from acci_ops.lib.platform.backends import AppRuntime, Platform
+from acci_ops.lib.postgres.scratch import create_scratch_database, drop_scratch_database, new_scratch_name
+from acci_ops.lib.postgres.urls import DatabaseTarget
+from acci_ops.lib.storage.objectstore import ObjectStore
+from acci_ops.lib.validation.validate import newest_validated, read_record, record_problem, validation_key_for
 
 Log = Callable[[str], None]
 DRILL_STEPS = ("database", "infrastructure", "restore", "cache", "verify")

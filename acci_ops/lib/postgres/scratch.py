@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from acci_ops.lib.dburl import DatabaseTarget
-from acci_ops.lib.errors import BackupError, ConfigError
-from acci_ops.lib.pgdump import connect, explain_pg_error
+from acci_ops.lib.core.errors import BackupError, ConfigError
+from acci_ops.lib.postgres.connect import connect, explain_pg_error
+from acci_ops.lib.postgres.urls import DatabaseTarget
 
 SCRATCH_PREFIX = "acci_scratch_"
 _SCRATCH_NAME = re.compile(r"^acci_scratch_(\d{8}t\d{6})_([0-9a-f]{8})$")

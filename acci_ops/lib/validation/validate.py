@@ -23,24 +23,25 @@ from typing import Any
 import psycopg
 import yaml
 
-from acci_ops.lib import catalog, signing
-from acci_ops.lib.backups import KEY_TIME_TOLERANCE, Trust, inspect_backup, read_manifest
-from acci_ops.lib.commands import PG_ENV, child_env, find_pg_tool
-from acci_ops.lib.dburl import DatabaseTarget
-from acci_ops.lib.errors import BackupError, ConfigError
-from acci_ops.lib.layout import BackupKey, parse_dump_key
-from acci_ops.lib.manifest import MAX_ROWS, BackupManifest, Fields, check_shape, parse_json
-from acci_ops.lib.objectstore import MiB, ObjectStore
-from acci_ops.lib.pgdump import explain_pg_error
-from acci_ops.lib.restore import fetch_archive, first_error, pg_restore_run
-from acci_ops.lib.scratch import (
+from acci_ops.lib.backup import signing
+from acci_ops.lib.backup.inventory import KEY_TIME_TOLERANCE, Trust, inspect_backup, read_manifest
+from acci_ops.lib.backup.layout import BackupKey, parse_dump_key
+from acci_ops.lib.backup.manifest import MAX_ROWS, BackupManifest, Fields, check_shape, parse_json
+from acci_ops.lib.backup.restore import fetch_archive, first_error, pg_restore_run
+from acci_ops.lib.backup.signing import Keyring
+from acci_ops.lib.core.commands import PG_ENV, child_env, find_pg_tool
+from acci_ops.lib.core.errors import BackupError, ConfigError
+from acci_ops.lib.core.steps import StepFailed, StepRecorder, StepResult, steps_markdown
+from acci_ops.lib.postgres import catalog
+from acci_ops.lib.postgres.connect import explain_pg_error
+from acci_ops.lib.postgres.scratch import (
     create_scratch_database,
     drop_scratch_database,
     new_scratch_name,
     refuse_same_database,
 )
-from acci_ops.lib.signing import Keyring
-from acci_ops.lib.steps import StepFailed, StepRecorder, StepResult, steps_markdown
+from acci_ops.lib.postgres.urls import DatabaseTarget
+from acci_ops.lib.storage.objectstore import MiB, ObjectStore
 
 Log = Callable[[str], None]
 REPORT_FORMAT = "acci-ops/pg-backup-validation"

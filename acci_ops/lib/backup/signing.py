@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from acci_ops.lib.errors import ConfigError
+from acci_ops.lib.core.errors import ConfigError
 
 ALGORITHM = "hmac-sha256"
 MIN_KEY_CHARS = 32

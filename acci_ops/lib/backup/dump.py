@@ -22,14 +22,15 @@ from datetime import UTC, date, datetime
 import psycopg
 import zstandard
 
-from acci_ops.lib import catalog
-from acci_ops.lib.commands import PG_ENV, child_env, find_tool, pump_lines, run_command
-from acci_ops.lib.dburl import DatabaseTarget
-from acci_ops.lib.errors import AcciOpsError, BackupError, ConfigError
-from acci_ops.lib.layout import dump_key, manifest_key_for
-from acci_ops.lib.manifest import BackupManifest
-from acci_ops.lib.objectstore import HashingReader, ObjectStore
-from acci_ops.lib.signing import Keyring
+from acci_ops.lib.backup.layout import dump_key, manifest_key_for
+from acci_ops.lib.backup.manifest import BackupManifest
+from acci_ops.lib.backup.signing import Keyring
+from acci_ops.lib.core.commands import PG_ENV, child_env, find_tool, pump_lines, run_command
+from acci_ops.lib.core.errors import AcciOpsError, BackupError, ConfigError
+from acci_ops.lib.postgres import catalog
+from acci_ops.lib.postgres.connect import connect, explain_pg_error
+from acci_ops.lib.postgres.urls import DatabaseTarget
+from acci_ops.lib.storage.objectstore import HashingReader, ObjectStore
 
 Log = Callable[[str], None]
 PG_DUMP_HINT = "install postgresql-client-15 (or newer) or set ACCI_PG_BIN to the directory holding pg_dump"
@@ -70,27 +71,6 @@ def pg_dump_version(pg_dump: str) -> tuple[str, int]:
         raise ConfigError(f"cannot read the version of {pg_dump}: {result.last_line!r}")
     text = match.group(1) + (f".{match.group(2)}" if match.group(2) else "")
     return text, int(match.group(1))
-
-
-def connect(target: DatabaseTarget, *, connect_timeout: int = 10, purpose: str = "back up") -> psycopg.Connection:
-    """Connect with a one-line, password-free explanation when it fails."""
-    try:
-        return psycopg.connect(**target.connect_kwargs(connect_timeout), application_name="acci_ops")
-    except psycopg.OperationalError as exc:
-        why = explain_pg_error(exc)
-        raise BackupError(f"cannot connect to PostgreSQL {target.describe()} to {purpose}: {why}") from None
-
-
-def explain_pg_error(exc: BaseException) -> str:
-    """libpq's first meaningful line, with the 'connection to server at ... failed:' preamble removed."""
-    lines = []
-    for line in str(exc).splitlines():
-        line = re.sub(r"^connection failed:\s*", "", line.strip())
-        line = re.sub(r'^connection to server (at|on) "[^"]*"( \([^)]*\))?, port \d+ failed:\s*', "", line.strip())
-        line = re.sub(r"^(FATAL|ERROR):\s*", "", line)
-        if line and line not in lines:
-            lines.append(line)
-    return "; ".join(lines) or type(exc).__name__
 
 
 def _widen_pipe(stream) -> None:  # noqa: ANN001

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from acci_ops.lib.errors import BackupError
+from acci_ops.lib.core.errors import BackupError
 
 FORMAT = "acci-ops/pg-backup"
 FORMAT_VERSION = 1

@@ -17,8 +17,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from acci_ops.lib.errors import ConfigError
-from acci_ops.lib.layout import BackupKey, manifest_key_for, parse_dump_key
+from acci_ops.lib.backup.layout import BackupKey, manifest_key_for, parse_dump_key
+from acci_ops.lib.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

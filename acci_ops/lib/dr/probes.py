@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from acci_ops.lib.errors import AcciOpsError, ConfigError
+from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 
 Log = Callable[[str], None]
 

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from acci_ops.lib.errors import AcciOpsError, ConfigError
+from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 
 LineSink = Callable[[str], None]
 

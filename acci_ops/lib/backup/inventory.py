@@ -16,13 +16,13 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from acci_ops.lib import signing
-from acci_ops.lib.errors import BackupError
-from acci_ops.lib.layout import MANIFEST_SUFFIX, BackupKey, manifest_key_for, parse_dump_key
-from acci_ops.lib.manifest import MAX_MANIFEST_BYTES, BackupManifest
-from acci_ops.lib.objectstore import HashingReader, ObjectStore, sha256_of_stream
-from acci_ops.lib.retention import RetentionPlan, RetentionPolicy, complete_backups, plan_retention
-from acci_ops.lib.signing import Keyring
+from acci_ops.lib.backup import signing
+from acci_ops.lib.backup.layout import MANIFEST_SUFFIX, BackupKey, manifest_key_for, parse_dump_key
+from acci_ops.lib.backup.manifest import MAX_MANIFEST_BYTES, BackupManifest
+from acci_ops.lib.backup.retention import RetentionPlan, RetentionPolicy, complete_backups, plan_retention
+from acci_ops.lib.backup.signing import Keyring
+from acci_ops.lib.core.errors import BackupError
+from acci_ops.lib.storage.objectstore import HashingReader, ObjectStore, sha256_of_stream
 
 Log = Callable[[str], None]
 
@@ -175,7 +175,7 @@ def plan_store_retention(store: ObjectStore, environment: str, policy: Retention
     Cost: one listing of the environment, one bounded manifest read per complete backup, plus the
     validation records newest_validated reads. Returns the plan and the orphan manifests (manifest
     without dump, acci_ops-signed) that may be removed."""
-    from acci_ops.lib.validation import newest_validated  # validation imports this module
+    from acci_ops.lib.validation.validate import newest_validated  # validation imports this module
 
     now = now or datetime.now(UTC)
     keys = [o.key for o in store.list(f"{environment}/")]
@@ -276,7 +276,7 @@ def scan_new_backups(store: ObjectStore, environment: str, start_after: str, *, 
     the first backup left for the next tick. With ``skip_if_suffix``, a backup whose sidecar of
     that suffix exists is skipped; with a ``keyring``, only a sidecar that parses and carries a
     valid signature counts (a planted record does not hide a backup)."""
-    from acci_ops.lib.validation import ValidationReport  # validation imports this module
+    from acci_ops.lib.validation.validate import ValidationReport  # validation imports this module
 
     today = today or datetime.now(UTC).date()
     boundary = f"{environment}/{today.isoformat()}/"

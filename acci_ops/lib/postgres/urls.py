@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from acci_ops.lib.errors import ConfigError
+from acci_ops.lib.core.errors import ConfigError
 
 _SCHEMES = ("postgresql", "postgres")
 # Parameter names whose values are secrets: password, sslpassword, PGPASSWORD-style spellings, tokens.

@@ -3,7 +3,7 @@
 serves real Prometheus exposition text. Configured like the real app, through DATABASE_URL,
 REDIS_URL and PORT. Used by the DR tests and by ``./run dev``'s drills.
 
-    python -m acci_ops_tests.fakeapp [--pidfile PATH]
+    python -m acci_ops.dev.fakeapp [--pidfile PATH]
 
 ``--pidfile`` appends the process id to PATH, so a test stops exactly the apps it started (a
 recovery never tears its app down) and no stand-in of another test or user.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import redis
 from redis.connection import parse_url
 
-from acci_ops.lib.errors import AcciOpsError, ConfigError
+from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 
 FLUSHALL, FLUSHDB = "FLUSHALL", "FLUSHDB"
 _TIMEOUTS = {"socket_connect_timeout": 5, "socket_timeout": 30}

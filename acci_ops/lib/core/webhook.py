@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from acci_ops.lib.errors import AcciOpsError
+from acci_ops.lib.core.errors import AcciOpsError
 
 MAX_ANSWER_BYTES = 64 * 1024
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from acci_ops.lib.errors import AcciOpsError
+from acci_ops.lib.core.errors import AcciOpsError
 
 Log = Callable[[str], None]
 
