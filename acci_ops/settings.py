@@ -1,22 +1,32 @@
-"""Which environments this code location serves, from environment variables or a YAML file.
+"""The deployment's shape: the one place that reads ``os.environ``, and the one typed model of it.
 
-Only names and locations live here; secrets (database URLs with passwords, storage keys) are
-referred to by the *name* of the environment variable that holds them and are resolved by
-Dagster's ``EnvVar`` at run time, so they never enter the definitions, the UI or run config.
+``Settings`` holds the environments this code location serves, each an ``EnvironmentSpec`` with
+three sections: ``backup``, ``validation`` and ``dr`` (DR is ``None`` until a platform is set).
+Every field of a section is declared ONCE, with ``setting(...)``: its default, the variable that
+sets it and whether the environments file may set it. Both sources map onto the same fields:
 
-Single environment (the default): ``ACCI_ENVIRONMENT`` (default ``production``) with
-``ACCI_DATABASE_URL`` and ``ACCI_BACKUP_URL``. Several: ``ACCI_ENVIRONMENTS_FILE`` names a YAML
-file, see README "Several environments".
+- one environment (the default): the ``ACCI_*`` variables;
+- several: ``ACCI_ENVIRONMENTS_FILE`` names a YAML file (README "Several environments"). A field
+  marked ``inherit`` (validation tuning, the signing key, the tool paths) takes its variable as the
+  default there too; the others come from the file or their default.
+
+Only names and locations live here; a secret (database URL with password, storage key, Redis URL,
+signing key, webhook URL) is referred to by the NAME of the variable holding it (the ``*_env``
+fields) and resolved by Dagster's ``EnvVar`` at run time, so it never enters the definitions, the UI
+or run config. A bad value stops the code location from loading with one line naming the variable
+or the file's key (secrets pasted by mistake are never echoed).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from datetime import date
 from pathlib import Path
+from types import NoneType, UnionType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -28,38 +38,108 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_NAME_HINT = ("letters, digits and _, not starting with a digit, e.g. PRODUCTION_DATABASE_URL; "
                   "the value given is not shown, as it may be a secret")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+DEFAULT_ENVIRONMENT = "production"
+DEFAULT_TIMEZONE = "UTC"
+DEFAULT_START_DATE = date(2026, 1, 1)
+PLATFORMS = ("local", "helm", "compose")
 
 
-def _env_name(value: object, field: str, where: str) -> str | None:
-    """A ``*_env`` field holds the NAME of a variable. A secret pasted there by mistake must not be
-    accepted (Dagster would later quote it in a config error), nor echoed by this refusal."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _ENV_VAR.match(value):
-        raise ConfigError(f"{where}: {field} must be the NAME of an environment variable holding the value, "
-                          f"not the value itself ({_ENV_NAME_HINT})")
-    return value
+def setting(default: object = MISSING, *, help: str, var: str | None = None, in_file: bool = True,  # noqa: A002
+            inherit: bool = False, resource: bool = True, choices: tuple[str, ...] = (),
+            minimum: float | None = None, factory: typing.Callable[[], object] | None = None) -> Field:
+    """One field of the model. ``help`` is what the UI shows for the resource field built from it;
+    ``var`` the variable that sets it; ``in_file`` whether the environments file may set it;
+    ``inherit`` whether ``var`` is also the default in the file; ``resource=False`` keeps a value
+    that only the definitions need out of the resources. A field named ``*_env`` holds the NAME of
+    the variable holding a secret: from variables it is ``var`` when that is set."""
+    metadata = {"help": help, "var": var, "in_file": in_file, "inherit": inherit, "resource": resource,
+                "choices": choices, "minimum": minimum}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-def _check_env_fields(raw: object, where: str, prefix: str = "") -> None:
-    """Every key ending in ``_env`` of a YAML mapping, present and future, is a variable name."""
-    if isinstance(raw, dict):
-        for key, value in raw.items():
-            if isinstance(key, str) and key.endswith("_env"):
-                _env_name(value, prefix + key, where)
-
+# --- the model ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class OffsiteSpec:
-    url: str
-    endpoint_url: str | None = None
-    access_key_id_env: str | None = None
-    secret_access_key_env: str | None = None
-    sse: str = "none"
-    kms_key_id: str | None = None
+    """A second object store for verified copies of every backup."""
+
+    url: str = setting(var="ACCI_OFFSITE_URL", help="Second object store (s3:// or file://) for offsite copies.")
+    endpoint_url: str | None = setting(None, var="ACCI_OFFSITE_ENDPOINT_URL",
+                                       help="S3 endpoint of the offsite store (another provider or region).")
+    access_key_id_env: str | None = setting(None, var="ACCI_OFFSITE_AWS_ACCESS_KEY_ID",
+                                            help="Access key id for the offsite store (default: the primary's).")
+    secret_access_key_env: str | None = setting(None, var="ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY",
+                                                help="Secret access key for the offsite store.")
+    sse: str = setting("none", var="ACCI_OFFSITE_SSE", help="Server-side encryption for the offsite store.")
+    kms_key_id: str | None = setting(None, var="ACCI_OFFSITE_KMS_KEY_ID", help="KMS key id for the offsite store.")
 
 
-PLATFORMS = ("local", "helm", "compose")
+@dataclass(frozen=True)
+class BackupSpec:
+    """What is backed up, where to, and how long it is kept."""
+
+    database_url_env: str = setting(
+        help=("postgresql://user:password@host:port/db of the database to back up (kept in a variable: "
+              "ACCI_DATABASE_URL or the environment's database_url_env)."))
+    backup_url: str | None = setting(None, help="s3://bucket/prefix or file:///absolute/path for backups.")
+    backup_url_env: str | None = setting(None, in_file=False,
+                                         help="Variable holding the backup location (ACCI_BACKUP_URL).")
+    sse: str = setting("none", var="ACCI_BACKUP_SSE",
+                       help="Server-side encryption for S3: none, sse-s3 or sse-kms.")
+    kms_key_id: str | None = setting(None, var="ACCI_BACKUP_KMS_KEY_ID", help="KMS key id for sse-kms.")
+    offsite: OffsiteSpec | None = setting(None, help="Second object store for verified offsite copies.")
+    retention: RetentionPolicy = setting(factory=RetentionPolicy, resource=False,
+                                         help="Grandfather-father-son counts (daily, weekly, monthly).")
+    signing_key_env: str | None = setting(
+        None, var="ACCI_BACKUP_SIGNING_KEY", inherit=True,
+        help=("Key that signs and authenticates backup manifests and validation records (HMAC-SHA256), from "
+              "ACCI_BACKUP_SIGNING_KEY or the environment's signing_key_env (comma-separated: the first signs, "
+              "all verify, for rotation). Unset: backups cannot be authenticated, so retention deletes nothing "
+              "and DR needs a named backup."))
+    max_runtime_seconds: int = setting(4 * 3600, var="ACCI_BACKUP_MAX_RUNTIME_SECONDS", in_file=False, inherit=True,
+                                       minimum=1, help="pg_dump is stopped after this long (seconds).")
+    pg_bin_dir: str | None = setting(None, var="ACCI_PG_BIN", in_file=False, inherit=True,
+                                     help="Directory holding pg_dump, pg_restore and pg_amcheck (default: PATH).")
+
+
+# Written at the top level of an environment in the file (as documented before the section existed).
+VALIDATION_TOP_LEVEL_KEYS = ("scratch_database_url_env", "scratch_allow_superuser")
+
+
+@dataclass(frozen=True)
+class ValidationSpec:
+    """Restoring every backup into a scratch database to prove it; on when a scratch server is named."""
+
+    scratch_database_url_env: str | None = setting(
+        None, var="ACCI_SCRATCH_DATABASE_URL", inherit=True,
+        help=("PostgreSQL maintenance database (role with LOGIN CREATEDB and nothing more) where validation "
+              "restores and drills go, kept in ACCI_SCRATCH_DATABASE_URL or scratch_database_url_env."))
+    scratch_allow_superuser: bool = setting(
+        False, var="ACCI_SCRATCH_ALLOW_SUPERUSER", inherit=True,
+        help=("Accept a scratch role that is a superuser (or a member of pg_execute_server_program, "
+              "pg_write_server_files or pg_read_server_files, or has CREATEROLE). Validation and drills "
+              "restore archives from the bucket; as such a role, a crafted archive can run shell commands "
+              "on the scratch server. Off by default: those roles are refused."))
+    mode: str = setting("auto", var="ACCI_VALIDATION_MODE", inherit=True, choices=("auto", "parallel", "stream"),
+                        help="auto, parallel (decompress to a local file, pg_restore -j) or stream (no disk).")
+    jobs: int = setting(2, var="ACCI_VALIDATION_JOBS", inherit=True, minimum=1,
+                        help="pg_restore --jobs for parallel validation restores.")
+    work_dir: str | None = setting(None, var="ACCI_VALIDATION_WORK_DIR", inherit=True,
+                                   help="Where the parallel-mode local file goes (default: the system temp dir).")
+    amcheck: str = setting("auto", var="ACCI_VALIDATION_AMCHECK", inherit=True, choices=("auto", "off", "required"),
+                           help="pg_amcheck --heapallindexed: auto, off or required.")
+    assertions_file: str | None = setting(None, var="ACCI_VALIDATION_ASSERTIONS_FILE", inherit=True,
+                                          help="YAML list of {name, sql} assertions each restore must pass.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.scratch_database_url_env is not None
+
+
 DEFAULT_COMPOSE_FILES = ("deploy/compose/docker-compose.yml", "deploy/compose/docker-compose.prod.yml")
 
 
@@ -67,24 +147,38 @@ DEFAULT_COMPOSE_FILES = ("deploy/compose/docker-compose.yml", "deploy/compose/do
 class DrSpec:
     """How an environment is deployed and verified, for DR drills and on-call recovery."""
 
-    platform: str = "local"
-    app_url: str | None = None
-    redis_url_env: str | None = None
-    drill_redis_url_env: str | None = None
-    local_command: str | None = None
-    helm_release: str = "acci-framework"
-    helm_namespace: str = "acci"
-    helm_chart: str = "deploy/helm/acci-framework"
-    helm_dr_values: str = "deploy/helm/dr-values.yaml"
-    helm_drill_values: str = "deploy/helm/drill-values.yaml"
-    helm_drill_app_url: str = "http://acci-framework.{namespace}.svc.cluster.local:8080"
-    compose_files: tuple[str, ...] = DEFAULT_COMPOSE_FILES
-    compose_project: str = "acci"
-    compose_drill_app_url: str = "http://127.0.0.1:8080"
-    required_metrics: tuple[str, ...] = ()
-    rto_target_minutes: float = 30
-    rpo_target_hours: float = 26
-    health_deadline_seconds: float = 300
+    platform: str = setting("local", var="ACCI_PLATFORM", help="How ACCI Framework is deployed: local, helm or compose.")
+    app_url: str | None = setting(None, var="ACCI_APP_URL",
+                                  help="The environment's public app URL, verified after a recovery.")
+    redis_url_env: str | None = setting(None, var="ACCI_REDIS_URL",
+                                        help="The environment's Redis (FLUSHALL after a restore).")
+    drill_redis_url_env: str | None = setting(None, var="ACCI_DRILL_REDIS_URL",
+                                              help="A Redis database for drills, never production's.")
+    local_command: str | None = setting(None, var="ACCI_LOCAL_APP_COMMAND",
+                                        help="Command that starts the app (local backend; {port} is replaced).")
+    helm_bin: str = setting("helm", var="ACCI_HELM_BIN", inherit=True, help="helm binary.")
+    helm_release: str = setting("acci-framework", var="ACCI_HELM_RELEASE", help="Helm release name.")
+    helm_namespace: str = setting("acci", var="ACCI_HELM_NAMESPACE", help="Namespace of the environment's release.")
+    helm_chart: str = setting("deploy/helm/acci-framework", var="ACCI_HELM_CHART",
+                              help="Chart directory (relative to the acci_ops checkout unless absolute).")
+    helm_dr_values: str = setting("deploy/helm/dr-values.yaml", var="ACCI_HELM_DR_VALUES",
+                                  help="Values file for DR installs.")
+    helm_drill_values: str = setting("deploy/helm/drill-values.yaml", var="ACCI_HELM_DRILL_VALUES",
+                                     help="Values file for drill installs.")
+    helm_drill_app_url: str = setting("http://acci-framework.{namespace}.svc.cluster.local:8080",
+                                      var="ACCI_HELM_DRILL_APP_URL",
+                                      help="URL of a drill release; {namespace} is replaced.")
+    compose_files: tuple[str, ...] = setting(DEFAULT_COMPOSE_FILES, var="ACCI_COMPOSE_FILES",
+                                             help="Compose files (base, then the prod override).")
+    compose_project: str = setting("acci", var="ACCI_COMPOSE_PROJECT", help="Compose project of the environment.")
+    compose_drill_app_url: str = setting("http://127.0.0.1:8080", var="ACCI_COMPOSE_DRILL_APP_URL",
+                                         help="URL of a drill project (its port is replaced by the published one).")
+    required_metrics: tuple[str, ...] = setting((), var="ACCI_REQUIRED_METRICS",
+                                                help="Metric names /metrics must expose.")
+    rto_target_minutes: float = setting(30, var="ACCI_RTO_TARGET_MINUTES", help="A drill fails when RTO exceeds this.")
+    rpo_target_hours: float = setting(26, var="ACCI_RPO_TARGET_HOURS", help="A drill fails when RPO exceeds this.")
+    health_deadline_seconds: float = setting(300, var="ACCI_HEALTH_DEADLINE_SECONDS",
+                                             help="How long /health may take to answer 2xx.")
 
     def __post_init__(self) -> None:
         if self.platform not in PLATFORMS:
@@ -98,36 +192,32 @@ class DrSpec:
 @dataclass(frozen=True)
 class EnvironmentSpec:
     name: str
-    database_url_env: str
-    backup_url: str | None
-    backup_url_env: str | None = None
-    sse: str = "none"
-    kms_key_id: str | None = None
-    offsite: OffsiteSpec | None = None
-    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
-    scratch_database_url_env: str | None = None  # validation is on when this variable is set
+    backup: BackupSpec
+    validation: ValidationSpec = field(default_factory=ValidationSpec)
     dr: DrSpec | None = None  # DR drills and recovery are on when a platform is configured
-    # Restore (validation, drills) as a role that could run shell commands on the scratch server:
-    # only when an operator accepts that risk (ACCI_SCRATCH_ALLOW_SUPERUSER / scratch_allow_superuser).
-    scratch_allow_superuser: bool = False
-    # NAME of the variable holding the backup signing key (ACCI_BACKUP_SIGNING_KEY); None: not configured
-    signing_key_env: str | None = None
 
     @property
     def validates(self) -> bool:
-        return self.scratch_database_url_env is not None
+        return self.validation.enabled
+
+
+@dataclass(frozen=True)
+class AlertSpec:
+    """Where failure and DR notices go (one for the whole code location)."""
+
+    url_env: str | None = setting(None, var="ACCI_ALERT_WEBHOOK_URL",
+                                  help="Slack-compatible incoming webhook URL (kept in ACCI_ALERT_WEBHOOK_URL).")
+    dagster_url: str | None = setting(None, var="ACCI_DAGSTER_URL",
+                                      help="Base URL of the Dagster UI, for links in alerts.")
 
 
 @dataclass(frozen=True)
 class Settings:
     environments: tuple[EnvironmentSpec, ...]
-    timezone: str = "UTC"
-    start_date: date = date(2026, 1, 1)
-    from_file: str | None = None
-
-    @property
-    def several(self) -> bool:
-        return self.from_file is not None and len(self.environments) > 1
+    timezone: str = DEFAULT_TIMEZONE
+    start_date: date = DEFAULT_START_DATE
+    from_file: str | None = None  # the environments file, when one is used
+    alerts: AlertSpec = field(default_factory=AlertSpec)
 
     def environment(self, name: str) -> EnvironmentSpec:
         for spec in self.environments:
@@ -137,6 +227,189 @@ class Settings:
         raise ConfigError(f"unknown environment {name!r}; declared: {known}")
 
 
+# --- one field from a variable or from the file ------------------------------------------------
+
+def _types(cls: type) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def base_type(hint: object) -> tuple[object, bool]:
+    """``str | None`` -> (str, True); ``tuple[str, ...]`` -> (tuple, False)."""
+    optional = False
+    if isinstance(hint, UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not NoneType]
+        optional, hint = True, args[0]
+    return (typing.get_origin(hint) or hint), optional
+
+
+def _env_name(value: object, label: str, where: str) -> str:
+    """A ``*_env`` field holds the NAME of a variable. A secret pasted there by mistake must not be
+    accepted (Dagster would later quote it in a config error), nor echoed by this refusal."""
+    if not isinstance(value, str) or not _ENV_VAR.match(value):
+        raise ConfigError(f"{where}: {label} must be the NAME of an environment variable holding the value, "
+                          f"not the value itself ({_ENV_NAME_HINT})")
+    return value
+
+
+def _check_env_fields(raw: object, where: str, prefix: str = "") -> None:
+    """Every key ending in ``_env`` of a YAML mapping, present and future, is a variable name."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if isinstance(key, str) and key.endswith("_env") and value is not None:
+                _env_name(value, prefix + key, where)
+
+
+def _from_variable(environ: Mapping[str, str], f: Field, kind: object) -> object:
+    """The field's value from its variable, or MISSING when the variable is unset or empty."""
+    name = f.metadata["var"]
+    if f.name.endswith("_env"):
+        return name if environ.get(name) else MISSING
+    raw = environ.get(name, "").strip()
+    if kind is bool:
+        if raw.lower() not in _TRUE + _FALSE:
+            raise ConfigError(f"{name}={raw!r} must be true or false")
+        return raw.lower() in _TRUE if raw else MISSING
+    if not raw:
+        return MISSING
+    if kind is tuple:
+        items = tuple(item.strip() for item in raw.split(",") if item.strip())
+        return items or MISSING
+    if kind in (int, float):
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} must be a {'whole number' if kind is int else 'number'}") from None
+        return _checked(value, f, f"{name}={raw!r}")
+    return _checked(raw, f, f"{name}={raw!r}")
+
+
+def _from_file(value: object, f: Field, kind: object, label: str, where: str) -> object:
+    """The field's value from the environments file; the file's YAML types are checked, not coerced."""
+    if f.name.endswith("_env"):
+        return _env_name(value, label, where)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {label} must be true or false")
+        return value
+    if kind is tuple:
+        # `required_metrics: abc` would otherwise become ('a', 'b', 'c').
+        if not isinstance(value, list) or not all(isinstance(i, str) and i.strip() for i in value):
+            raise ConfigError(f"{where}: {label} must be a list of non-empty strings, e.g. [a, b] "
+                              "or one '- item' per line")
+        return tuple(value)
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float):
+            raise ConfigError(f"{where}: {label} must be a {'whole number' if kind is int else 'number'}, "
+                              f"not {value!r}")
+        return _checked(kind(value), f, f"{where}: {label} {value!r}")
+    if isinstance(value, bool) and ("off" if value is False else "on") in f.metadata["choices"]:
+        return "off" if value is False else "on"  # YAML reads a bare `off` as false: `amcheck: off`
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(f"{where}: {label} must be a single value, not {type(value).__name__}")
+    return _checked(str(value), f, f"{where}: {label} {value!r}")
+
+
+def _checked(value: object, f: Field, what: str) -> object:
+    choices, minimum = f.metadata["choices"], f.metadata["minimum"]
+    if choices and value not in choices:
+        raise ConfigError(f"{what} must be one of {', '.join(choices)}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{what} must be at least {minimum:g}")
+    return value
+
+
+def _section(cls: type, environ: Mapping[str, str], raw: Mapping[str, object] | None, *, where: str,
+             label: typing.Callable[[str], str] = str, given: Mapping[str, object] | None = None) -> object:
+    """Build one section: a value the caller already has (``given``), else the file's (``raw``, when
+    an environments file is used), else the variable (always without a file; with one only when the
+    field is ``inherit``), else the field's default."""
+    values: dict[str, object] = dict(given or {})
+    hints = _types(cls)
+    for f in fields(cls):
+        if f.name in values:
+            continue
+        kind, _ = base_type(hints[f.name])
+        value = MISSING
+        if raw is not None and f.metadata["in_file"] and raw.get(f.name) is not None:
+            value = _from_file(raw[f.name], f, kind, label(f.name), where)
+        elif f.metadata["var"] and (raw is None or f.metadata["inherit"]):
+            value = _from_variable(environ, f, kind)
+        if value is not MISSING:
+            values[f.name] = value
+    return cls(**values)
+
+
+def file_keys(cls: type, exclude: tuple[str, ...] = ()) -> set[str]:
+    """The keys the environments file may set in a section."""
+    return {f.name for f in fields(cls) if f.metadata["in_file"] and f.name not in exclude}
+
+
+# --- sections that are more than flat fields ---------------------------------------------------
+
+RETENTION_VARIABLES = {"daily": "ACCI_RETENTION_DAILY", "weekly": "ACCI_RETENTION_WEEKLY",
+                       "monthly": "ACCI_RETENTION_MONTHLY"}
+
+
+def _retention_from_environ(environ: Mapping[str, str]) -> RetentionPolicy:
+    counts = {}
+    for tier, name in RETENTION_VARIABLES.items():
+        raw = environ.get(name, "").strip()
+        if raw:
+            try:
+                counts[tier] = int(raw)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r} must be a whole number") from None
+    return RetentionPolicy(**counts)
+
+
+def _retention_from_file(raw: object, where: str) -> RetentionPolicy:
+    if raw is None:
+        return RetentionPolicy()
+    if not isinstance(raw, dict) or set(raw) - set(RETENTION_VARIABLES):
+        raise ConfigError(f"retention in {where} must be a mapping with daily/weekly/monthly counts")
+    return RetentionPolicy(**raw)
+
+
+def _offsite_from_file(raw: object, where: str, environ: Mapping[str, str]) -> OffsiteSpec | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = {"url": raw}
+    allowed = file_keys(OffsiteSpec)
+    if not isinstance(raw, dict) or not raw.get("url") or set(raw) - allowed:
+        raise ConfigError(f"offsite in {where} must be a URL or a mapping with url and optional "
+                          f"{', '.join(sorted(allowed - {'url'}))}")
+    return _section(OffsiteSpec, environ, raw, where=where, label=lambda k: f"offsite.{k}")
+
+
+def _dr_from_file(raw: object, where: str, environ: Mapping[str, str]) -> DrSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"dr in {where} must be a mapping")
+    unknown = set(raw) - file_keys(DrSpec)
+    if unknown:
+        raise ConfigError(f"dr in {where} has unknown keys {sorted(unknown)}")
+    return _section(DrSpec, environ, raw, where=where, label=lambda k: f"dr.{k}")
+
+
+def _validation_from_file(body: Mapping[str, object], where: str, environ: Mapping[str, str]) -> ValidationSpec:
+    section = body.get("validation")
+    if section is None:
+        section = {}
+    allowed = file_keys(ValidationSpec, exclude=VALIDATION_TOP_LEVEL_KEYS)
+    if not isinstance(section, dict) or set(section) - allowed:
+        raise ConfigError(f"validation in {where} must be a mapping with optional {', '.join(sorted(allowed))}")
+    raw = {**section, **{k: body[k] for k in VALIDATION_TOP_LEVEL_KEYS if k in body}}
+
+    def label(key: str) -> str:
+        return key if key in VALIDATION_TOP_LEVEL_KEYS else f"validation.{key}"
+
+    return _section(ValidationSpec, environ, raw, where=where, label=label)
+
+
+# --- whole environments --------------------------------------------------------------------------
+
 def _check_name(name: object, where: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"environment name {name!r} in {where} must be lowercase letters, digits and _ "
@@ -144,144 +417,48 @@ def _check_name(name: object, where: str) -> str:
     return name
 
 
-def _check_timezone(tz: str) -> str:
-    try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"ACCI_TIMEZONE {tz!r} is not a known IANA time zone (e.g. UTC, Europe/Madrid)") from None
-    return tz
+ENVIRONMENT_KEYS = (file_keys(BackupSpec) | set(VALIDATION_TOP_LEVEL_KEYS) | {"validation", "dr"})
 
 
-def _int(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} must be a whole number") from None
-
-
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
-
-
-def _bool(environ: Mapping[str, str], name: str) -> bool:
-    raw = environ.get(name, "").strip()
-    if raw.lower() in _TRUE + _FALSE:
-        return raw.lower() in _TRUE
-    raise ConfigError(f"{name}={raw!r} must be true or false")
-
-
-def _yaml_bool(value: object, field: str, where: str, default: bool) -> bool:
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: {field} must be true or false")
-    return value
-
-
-def _if_set(environ: Mapping[str, str], name: str) -> str | None:
-    """The variable's name when it is set: the value itself is resolved later, by EnvVar."""
-    return name if environ.get(name) else None
-
-
-def _retention(raw: object, where: str) -> RetentionPolicy:
-    if raw is None:
-        return RetentionPolicy()
-    if not isinstance(raw, dict) or set(raw) - {"daily", "weekly", "monthly"}:
-        raise ConfigError(f"retention in {where} must be a mapping with daily/weekly/monthly counts")
-    return RetentionPolicy(**raw)
-
-
-def _offsite(raw: object, where: str) -> OffsiteSpec | None:
-    if raw is None:
-        return None
-    if isinstance(raw, str):
-        return OffsiteSpec(url=raw)
-    allowed = {"url", "endpoint_url", "access_key_id_env", "secret_access_key_env", "sse", "kms_key_id"}
-    if not isinstance(raw, dict) or "url" not in raw or set(raw) - allowed:
-        raise ConfigError(f"offsite in {where} must be a URL or a mapping with url and optional "
-                          f"{', '.join(sorted(allowed - {'url'}))}")
-    return OffsiteSpec(**raw)
-
-
-def _scratch_env(name: object, where: str, environ: Mapping[str, str]) -> str | None:
-    """Validation needs a scratch server; it is enabled for an environment when the variable
-    holding that server's URL exists (the URL itself is read by EnvVar at run time)."""
-    if name is None:
-        return _if_set(environ, "ACCI_SCRATCH_DATABASE_URL")
-    return _env_name(name, "scratch_database_url_env", where)
-
-
-SIGNING_KEY_VARIABLE = "ACCI_BACKUP_SIGNING_KEY"
-
-
-def _signing_key_env(name: object, where: str, environ: Mapping[str, str]) -> str | None:
-    """The variable holding this environment's backup signing key (its NAME, never the key);
-    default ACCI_BACKUP_SIGNING_KEY when that is set. Unset: backups cannot be authenticated."""
-    if name is None:
-        return _if_set(environ, SIGNING_KEY_VARIABLE)
-    if not isinstance(name, str) or not _ENV_VAR.match(name):
-        raise ConfigError(f"{where}: signing_key_env must be the NAME of an environment variable holding the "
-                          "signing key, not the key itself")
-    return name
-
-
-def _dr_from_environ(environ: Mapping[str, str]) -> DrSpec | None:
-    platform = environ.get("ACCI_PLATFORM", "").strip()
-    if not platform:
-        return None
-    try:
-        metrics = tuple(m.strip() for m in environ.get("ACCI_REQUIRED_METRICS", "").split(",") if m.strip())
-        files = tuple(f.strip() for f in environ.get("ACCI_COMPOSE_FILES", "").split(",") if f.strip())
-        optional = {
-            "helm_release": environ.get("ACCI_HELM_RELEASE"), "helm_namespace": environ.get("ACCI_HELM_NAMESPACE"),
-            "helm_chart": environ.get("ACCI_HELM_CHART"), "helm_dr_values": environ.get("ACCI_HELM_DR_VALUES"),
-            "helm_drill_values": environ.get("ACCI_HELM_DRILL_VALUES"),
-            "helm_drill_app_url": environ.get("ACCI_HELM_DRILL_APP_URL"),
-            "compose_project": environ.get("ACCI_COMPOSE_PROJECT"),
-            "compose_drill_app_url": environ.get("ACCI_COMPOSE_DRILL_APP_URL"),
-        }
-        return DrSpec(
-            platform=platform, app_url=environ.get("ACCI_APP_URL") or None,
-            redis_url_env=_if_set(environ, "ACCI_REDIS_URL"),
-            drill_redis_url_env=_if_set(environ, "ACCI_DRILL_REDIS_URL"),
-            local_command=environ.get("ACCI_LOCAL_APP_COMMAND") or None,
-            compose_files=files or DEFAULT_COMPOSE_FILES, required_metrics=metrics,
-            rto_target_minutes=float(environ.get("ACCI_RTO_TARGET_MINUTES") or 30),
-            rpo_target_hours=float(environ.get("ACCI_RPO_TARGET_HOURS") or 26),
-            health_deadline_seconds=float(environ.get("ACCI_HEALTH_DEADLINE_SECONDS") or 300),
-            **{k: v for k, v in optional.items() if v},
-        )
-    except ValueError as exc:
-        raise ConfigError(f"DR settings: {exc}") from None
-
-
-def _dr_from_yaml(raw: object, where: str) -> DrSpec | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"dr in {where} must be a mapping")
-    known = set(DrSpec.__dataclass_fields__)
-    unknown = set(raw) - known
+def _environment_from_file(name: object, body: object, path: str, environ: Mapping[str, str]) -> EnvironmentSpec:
+    where = f"{path} environment {name!r}"
+    _check_name(name, path)
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    unknown = set(body) - ENVIRONMENT_KEYS
     if unknown:
-        raise ConfigError(f"dr in {where} has unknown keys {sorted(unknown)}")
-    values = dict(raw)
-    for listed in ("compose_files", "required_metrics"):
-        if listed in values:
-            # `required_metrics: abc` would otherwise become ('a', 'b', 'c').
-            items = values[listed]
-            if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
-                raise ConfigError(f"{where}: dr.{listed} must be a list of non-empty strings, e.g. [a, b] "
-                                  "or one '- item' per line")
-            values[listed] = tuple(items)
-    try:
-        return DrSpec(**values)
-    except TypeError as exc:
-        raise ConfigError(f"dr in {where}: {exc}") from None
+        raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(ENVIRONMENT_KEYS)}")
+    for required in ("database_url_env", "backup_url"):
+        if not body.get(required):
+            raise ConfigError(f"{where} lacks {required}")
+    _check_env_fields(body, where)
+    for nested in ("offsite", "dr", "validation"):
+        _check_env_fields(body.get(nested), where, f"{nested}.")
+    backup = _section(BackupSpec, environ, body, where=where, given={
+        "offsite": _offsite_from_file(body.get("offsite"), where, environ),
+        "retention": _retention_from_file(body.get("retention"), where),
+    })
+    return EnvironmentSpec(name=name, backup=backup, validation=_validation_from_file(body, where, environ),
+                           dr=_dr_from_file(body.get("dr"), where, environ))
 
 
-def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentSpec], str | None]:
+def _environment_from_variables(environ: Mapping[str, str]) -> EnvironmentSpec:
+    name = _check_name(environ.get("ACCI_ENVIRONMENT", "").strip() or DEFAULT_ENVIRONMENT, "ACCI_ENVIRONMENT")
+    offsite = None
+    if environ.get("ACCI_OFFSITE_URL", "").strip():
+        offsite = _section(OffsiteSpec, environ, None, where="variables")
+    backup = _section(BackupSpec, environ, None, where="variables", given={
+        "database_url_env": "ACCI_DATABASE_URL", "backup_url_env": "ACCI_BACKUP_URL",
+        "offsite": offsite, "retention": _retention_from_environ(environ),
+    })
+    dr = None
+    if environ.get("ACCI_PLATFORM", "").strip():
+        dr = _section(DrSpec, environ, None, where="variables")
+    return EnvironmentSpec(name=name, backup=backup, validation=_section(ValidationSpec, environ, None,
+                                                                         where="variables"), dr=dr)
+
+
+def _read_file(path: str) -> dict:
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
@@ -293,74 +470,36 @@ def _from_file(path: str, environ: Mapping[str, str]) -> tuple[list[EnvironmentS
         raise ConfigError(f"ACCI_ENVIRONMENTS_FILE {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("environments"), dict) or not doc["environments"]:
         raise ConfigError(f"ACCI_ENVIRONMENTS_FILE {path} must have a non-empty 'environments:' mapping")
-    specs = []
-    for name, body in doc["environments"].items():
-        where = f"{path} environment {name!r}"
-        _check_name(name, path)
-        if not isinstance(body, dict):
-            raise ConfigError(f"{where} must be a mapping")
-        allowed = {"database_url_env", "backup_url", "sse", "kms_key_id", "offsite", "retention",
-                   "scratch_database_url_env", "dr", "signing_key_env", "scratch_allow_superuser"}
-        unknown = set(body) - allowed
-        if unknown:
-            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-        for required in ("database_url_env", "backup_url"):
-            if not body.get(required):
-                raise ConfigError(f"{where} lacks {required}")
-        _check_env_fields(body, where)
-        _check_env_fields(body.get("offsite"), where, "offsite.")
-        _check_env_fields(body.get("dr"), where, "dr.")
-        specs.append(EnvironmentSpec(
-            name=name, database_url_env=body["database_url_env"], backup_url=body["backup_url"],
-            sse=body.get("sse") or "none", kms_key_id=body.get("kms_key_id"),
-            offsite=_offsite(body.get("offsite"), where), retention=_retention(body.get("retention"), where),
-            scratch_database_url_env=_scratch_env(body.get("scratch_database_url_env"), where, environ),
-            dr=_dr_from_yaml(body.get("dr"), where),
-            signing_key_env=_signing_key_env(body.get("signing_key_env"), where, environ),
-            scratch_allow_superuser=_yaml_bool(body.get("scratch_allow_superuser"), "scratch_allow_superuser", where,
-                                               _bool(environ, "ACCI_SCRATCH_ALLOW_SUPERUSER")),
-        ))
-    tz = doc.get("timezone")
-    return specs, str(tz) if tz else None
+    return doc
+
+
+def _check_timezone(tz: str) -> str:
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"ACCI_TIMEZONE {tz!r} is not a known IANA time zone (e.g. UTC, Europe/Madrid)") from None
+    return tz
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the deployment's shape; a malformed file or unknown name fails with one clear line."""
     environ = os.environ if environ is None else environ
-    path = environ.get("ACCI_ENVIRONMENTS_FILE", "").strip()
-    start_raw = environ.get("ACCI_BACKUP_START_DATE", "2026-01-01").strip()
+    start_raw = environ.get("ACCI_BACKUP_START_DATE", "").strip() or DEFAULT_START_DATE.isoformat()
     try:
         start = date.fromisoformat(start_raw)
     except ValueError:
         raise ConfigError(f"ACCI_BACKUP_START_DATE {start_raw!r} must be a date like 2026-01-01") from None
-    if path:
-        specs, file_tz = _from_file(path, environ)
-        tz = _check_timezone(environ.get("ACCI_TIMEZONE") or file_tz or "UTC")
-        chosen = environ.get("ACCI_ENVIRONMENT", "").strip()
-        settings = Settings(tuple(specs), tz, start, path)
-        if chosen:
-            # One code location per environment: serve only the named one.
-            settings = Settings((settings.environment(chosen),), tz, start, path)
-        return settings
-    name = _check_name(environ.get("ACCI_ENVIRONMENT", "").strip() or "production", "ACCI_ENVIRONMENT")
-    offsite_url = environ.get("ACCI_OFFSITE_URL", "").strip()
-    offsite = OffsiteSpec(
-        url=offsite_url,
-        endpoint_url=environ.get("ACCI_OFFSITE_ENDPOINT_URL") or None,
-        access_key_id_env=_if_set(environ, "ACCI_OFFSITE_AWS_ACCESS_KEY_ID"),
-        secret_access_key_env=_if_set(environ, "ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY"),
-        sse=environ.get("ACCI_OFFSITE_SSE") or "none",
-        kms_key_id=environ.get("ACCI_OFFSITE_KMS_KEY_ID") or None,
-    ) if offsite_url else None
-    spec = EnvironmentSpec(
-        name=name, database_url_env="ACCI_DATABASE_URL", backup_url=None, backup_url_env="ACCI_BACKUP_URL",
-        sse=environ.get("ACCI_BACKUP_SSE") or "none", kms_key_id=environ.get("ACCI_BACKUP_KMS_KEY_ID") or None,
-        offsite=offsite,
-        retention=RetentionPolicy(_int(environ, "ACCI_RETENTION_DAILY", 7), _int(environ, "ACCI_RETENTION_WEEKLY", 4),
-                                  _int(environ, "ACCI_RETENTION_MONTHLY", 12)),
-        scratch_database_url_env=_if_set(environ, "ACCI_SCRATCH_DATABASE_URL"),
-        dr=_dr_from_environ(environ),
-        signing_key_env=_if_set(environ, SIGNING_KEY_VARIABLE),
-        scratch_allow_superuser=_bool(environ, "ACCI_SCRATCH_ALLOW_SUPERUSER"),
-    )
-    return Settings((spec,), _check_timezone(environ.get("ACCI_TIMEZONE", "").strip() or "UTC"), start)
+    alerts = _section(AlertSpec, environ, None, where="variables")
+    path = environ.get("ACCI_ENVIRONMENTS_FILE", "").strip()
+    if not path:
+        tz = _check_timezone(environ.get("ACCI_TIMEZONE", "").strip() or DEFAULT_TIMEZONE)
+        return Settings((_environment_from_variables(environ),), tz, start, None, alerts)
+    doc = _read_file(path)
+    specs = tuple(_environment_from_file(name, body, path, environ) for name, body in doc["environments"].items())
+    tz = _check_timezone(environ.get("ACCI_TIMEZONE", "").strip() or str(doc.get("timezone") or DEFAULT_TIMEZONE))
+    settings = Settings(specs, tz, start, path, alerts)
+    chosen = environ.get("ACCI_ENVIRONMENT", "").strip()
+    if chosen:
+        # One code location per environment: serve only the named one.
+        settings = Settings((settings.environment(chosen),), tz, start, path, alerts)
+    return settings

@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the project is not installed into the venv; run from a checkout
 
 from acci_ops.dev.localpg import LocalPostgres, server_bin_dir  # noqa: E402
+from acci_ops.dev.servers import start_moto  # noqa: E402
 from acci_ops.lib.core.net import free_port  # noqa: E402
-from acci_ops_tests.servers import start_moto  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work"
 BUCKET = "bench"

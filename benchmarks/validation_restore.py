@@ -39,13 +39,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the project is not installed into the venv; run from a checkout
 
 from acci_ops.dev.localpg import LocalPostgres, server_bin_dir  # noqa: E402
+from acci_ops.dev.servers import start_moto  # noqa: E402
 from acci_ops.lib.backup.dump import BackupSettings, run_backup  # noqa: E402
 from acci_ops.lib.core.net import free_port  # noqa: E402
 from acci_ops.lib.postgres.scratch import drop_scratch_database, list_scratch_databases  # noqa: E402
 from acci_ops.lib.postgres.urls import parse_database_url  # noqa: E402
 from acci_ops.lib.storage.objectstore import open_store  # noqa: E402
 from acci_ops.lib.validation.validate import STEPS, ValidationSettings, validate_backup  # noqa: E402
-from acci_ops_tests.servers import start_moto  # noqa: E402
 
 # Target from the issue.
 MAX_RATIO_TO_RESTORE = 1.3

@@ -2,53 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import dagster as dg
 import pytest
 
-from acci_ops.defs.alerts import run_failure_alert_sensor
-from acci_ops.defs.dr.jobs import _notify
-from acci_ops.defs.resources import AlertWebhook
+from acci_ops.defs.alerts.resources import AlertWebhook, notify
+from acci_ops.defs.alerts.sensors import run_failure_alert_sensor
 from acci_ops.lib.core.errors import AcciOpsError
 from acci_ops.lib.core.net import free_port
 from acci_ops.lib.core.webhook import post_webhook
-from acci_ops_tests.defs.conftest import defs_from_env
-from acci_ops_tests.servers import DB_PASSWORD
-
-
-class Webhook:
-    """A Slack-like endpoint on loopback that records what it receives."""
-
-    def __init__(self, status: int = 200) -> None:
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(status)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/secret-token"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
-@pytest.fixture
-def webhook():
-    hook = Webhook()
-    yield hook
-    hook.close()
+from acci_ops_tests.fixtures.defs import defs_from_env
+from acci_ops_tests.fixtures.servers import DB_PASSWORD
+from acci_ops_tests.fixtures.webhook import Webhook
 
 
 def failed_backup_run(monkeypatch, pg_server, bucket, instance, tags=None):
@@ -131,7 +98,7 @@ def test_malformed_database_url_never_shows_the_password(monkeypatch, bucket, in
 
 
 def test_a_webhook_failure_during_dr_is_logged_and_does_not_stop_it(instance):
-    """DR's notifications go through _notify: a webhook answering garbage must not fail the op."""
+    """DR's notifications go through notify: a webhook answering garbage must not fail the op."""
     import socket
 
     listener = socket.socket()
@@ -149,7 +116,7 @@ def test_a_webhook_failure_during_dr_is_logged_and_does_not_stop_it(instance):
 
     @dg.op(required_resource_keys={"alert_webhook"})
     def notify_then_continue(context) -> str:  # noqa: ANN001 - string annotations confuse Dagster here
-        _notify(context.resources.alert_webhook, context, "DR of `production` started by <!channel>")
+        notify(context.resources.alert_webhook, context, "DR of `production` started by <!channel>")
         return "restore would run now"
 
     @dg.job(resource_defs={"alert_webhook": AlertWebhook(url=url, timeout_seconds=5)})

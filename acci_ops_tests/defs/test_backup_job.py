@@ -10,10 +10,10 @@ import pytest
 
 from acci_ops.lib.backup.layout import manifest_key_for
 from acci_ops.lib.backup.signing import Keyring
-from acci_ops_tests.conftest import all_keys
-from acci_ops_tests.defs.conftest import defs_from_env
-from acci_ops_tests.servers import DB_PASSWORD
-from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY
+from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY
+from acci_ops_tests.fixtures.defs import defs_from_env
+from acci_ops_tests.fixtures.s3 import all_keys
+from acci_ops_tests.fixtures.servers import DB_PASSWORD
 
 
 def run_nightly(instance, partition: str = "2026-11-26", raise_on_error: bool = True):

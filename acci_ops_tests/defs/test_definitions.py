@@ -10,7 +10,7 @@ import dagster as dg
 
 from acci_ops.definitions import build_definitions
 from acci_ops.settings import load_settings
-from acci_ops_tests.defs.conftest import defs_from_env
+from acci_ops_tests.fixtures.defs import defs_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,6 +126,125 @@ def test_several_environments_get_prefixed_keys(tmp_path, monkeypatch):
     job = defs.resolve_job_def("nightly_backup")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
         "production/db_backup", "production/db_backup_offsite", "staging/db_backup"}
+
+
+def keys_of(environ: dict) -> list[str]:
+    return sorted(k.to_user_string() for k in build_definitions(load_settings(environ)).resolve_all_asset_keys())
+
+
+def test_asset_keys_are_prefixed_exactly_when_an_environments_file_is_used(tmp_path):
+    """One rule: adding a second environment to the file renames nothing (before, a file with one
+    environment, or a file plus ACCI_ENVIRONMENT, gave unprefixed keys and a second one renamed them)."""
+    one = tmp_path / "one.yaml"
+    one.write_text("environments:\n  production: {database_url_env: PROD_DB_URL, backup_url: 's3://prod/db'}\n")
+    two = tmp_path / "two.yaml"
+    two.write_text(one.read_text() + "  staging: {database_url_env: STAGING_DB_URL, backup_url: 's3://stage/db'}\n")
+    assert keys_of({}) == ["db_backup"]
+    assert keys_of({"ACCI_ENVIRONMENT": "staging"}) == ["db_backup"]
+    assert keys_of({"ACCI_ENVIRONMENTS_FILE": str(one)}) == ["production/db_backup"]
+    assert keys_of({"ACCI_ENVIRONMENTS_FILE": str(two)}) == ["production/db_backup", "staging/db_backup"]
+    assert keys_of({"ACCI_ENVIRONMENTS_FILE": str(two), "ACCI_ENVIRONMENT": "production"}) == ["production/db_backup"]
+
+
+SECRETS = {
+    "ACCI_DATABASE_URL": "postgresql://acci:db-SECRET-1@db/acci",
+    "ACCI_BACKUP_URL": "s3://bucket/acci",
+    "ACCI_SCRATCH_DATABASE_URL": "postgresql://scratch:scratch-SECRET-2@db/postgres",
+    "ACCI_OFFSITE_URL": "s3://offsite/acci",
+    "ACCI_OFFSITE_AWS_ACCESS_KEY_ID": "offsite-key-SECRET-3",
+    "ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY": "offsite-SECRET-4",
+    "ACCI_BACKUP_SIGNING_KEY": "signing-SECRET-5-0123456789abcdef0123456789",
+    "ACCI_PLATFORM": "helm",
+    "ACCI_REDIS_URL": "redis://:redis-SECRET-6@r:6379/0",
+    "ACCI_DRILL_REDIS_URL": "redis://:drill-SECRET-7@r:6379/1",
+    "ACCI_ALERT_WEBHOOK_URL": "https://hooks.example.test/services/T/B/hook-SECRET-8",
+}
+
+
+def test_resources_hold_secrets_only_as_env_var_references():
+    defs = build_definitions(load_settings(SECRETS))
+    resources = defs.resources
+    assert set(resources) == {"acci_env_production", "acci_validation_production", "acci_dr_production",
+                              "alert_webhook"}
+    env, validation = resources["acci_env_production"], resources["acci_validation_production"]
+    dr, webhook = resources["acci_dr_production"], resources["alert_webhook"]
+    references = {
+        "ACCI_DATABASE_URL": env.database_url, "ACCI_BACKUP_URL": env.backup_url, "ACCI_BACKUP_SIGNING_KEY":
+        env.signing_key, "ACCI_OFFSITE_AWS_ACCESS_KEY_ID": env.offsite.access_key_id,
+        "ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY": env.offsite.secret_access_key,
+        "ACCI_SCRATCH_DATABASE_URL": validation.scratch_database_url, "ACCI_REDIS_URL": dr.redis_url,
+        "ACCI_DRILL_REDIS_URL": dr.drill_redis_url, "ACCI_ALERT_WEBHOOK_URL": webhook.url,
+    }
+    for variable, value in references.items():
+        assert isinstance(value, dg.EnvVar) and value.env_var_name == variable, variable
+    shown = repr(resources) + str([r.model_dump() for r in resources.values()])
+    assert "SECRET" not in shown
+
+
+def test_resource_fields_come_from_the_settings_model():
+    """No second declaration: each resource field has the model's default and help text."""
+    from dataclasses import MISSING, fields
+
+    from acci_ops.defs.backups.resources import AcciEnvironment
+    from acci_ops.defs.dr.resources import AcciDisasterRecovery
+    from acci_ops.defs.validation.resources import AcciValidation
+    from acci_ops.settings import BackupSpec, DrSpec, ValidationSpec
+
+    for resource, section in ((AcciEnvironment, BackupSpec), (AcciValidation, ValidationSpec),
+                              (AcciDisasterRecovery, DrSpec)):
+        for f in fields(section):
+            if not f.metadata["resource"]:
+                continue
+            name = f.name.removesuffix("_env")
+            if name != f.name and name in {g.name for g in fields(section)}:
+                continue  # backup_url_env: the variable that may replace the literal backup_url
+            declared = resource.model_fields[name]
+            assert declared.description == f.metadata["help"], name
+            if f.default is not MISSING:
+                expected = list(f.default) if isinstance(f.default, tuple) else f.default
+                assert declared.default == expected, name
+    assert AcciDisasterRecovery.model_fields["rto_target_minutes"].default == 30
+    assert AcciValidation.model_fields["jobs"].default == 2
+
+
+def test_disaster_recovery_launchpad_config_keeps_its_shape(monkeypatch):
+    defs = everything_configured(monkeypatch)
+    job = defs.resolve_job_def("disaster_recovery")
+    config = {"environment": "production", "confirm": "production", "operator": "alice", "backup_key": "",
+              "skip_infrastructure": False, "allow_unvalidated_backup": False}
+    assert dg.validate_run_config(job, {"ops": {"recover_environment": {"config": config}}})
+    minimal = {k: config[k] for k in ("environment", "confirm", "operator")}
+    assert dg.validate_run_config(job, {"ops": {"recover_environment": {"config": minimal}}})
+
+
+def test_each_domain_builds_its_own_definitions(monkeypatch):
+    """definitions.py only merges; every job, sensor and asset comes from one domain's build_defs."""
+    from acci_ops import definitions
+    from acci_ops.settings import load_settings as load
+
+    everything_configured(monkeypatch)
+    settings = load()
+    owners = {}
+    for domain in definitions.DOMAINS:
+        part = domain.build_defs(settings)
+        for job in part.jobs or []:
+            owners[job.name] = domain.__name__.split(".")[-2]
+        for sensor in part.sensors or []:
+            owners[sensor.name] = domain.__name__.split(".")[-2]
+    assert owners == {
+        "nightly_backup": "backups", "backup_retention": "backups", "validate_backup": "validation",
+        "scratch_cleanup": "validation", "backup_validation_sensor": "validation", "dr_drill": "dr",
+        "disaster_recovery": "dr", "run_failure_alert_sensor": "alerts"}
+
+
+def test_only_settings_reads_the_environment():
+    """Configuration is read in one place (children's environments are built from it in one other)."""
+    package = ROOT / "acci_ops"
+    allowed = {package / "settings.py", package / "lib" / "core" / "commands.py"}
+    readers = [str(p.relative_to(ROOT)) for p in sorted(package.rglob("*.py"))
+               if p not in allowed and "dev" not in p.relative_to(package).parts[:1]
+               and ("os.environ" in p.read_text() or "getenv" in p.read_text())]
+    assert readers == []
 
 
 def test_dagster_yaml_configures_the_local_instance(tmp_path, monkeypatch):

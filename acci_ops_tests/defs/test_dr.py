@@ -7,12 +7,8 @@ a recovery starts (and never tears down) are stopped by the pid they wrote, neve
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import sys
 import threading
-from pathlib import Path
 from urllib.parse import quote
 
 import dagster as dg
@@ -20,120 +16,27 @@ import pytest
 import redis
 import yaml
 
-from acci_ops.dev.localpg import load_sample_data
+from acci_ops.dev.servers import start_redis
+from acci_ops.lib.backup.records import store_report
 from acci_ops.lib.postgres.scratch import list_scratch_databases
 from acci_ops.lib.postgres.urls import parse_database_url
 from acci_ops.lib.storage.objectstore import open_store
-from acci_ops.lib.validation.validate import store_report, validate_backup
-from acci_ops_tests.conftest import all_keys
-from acci_ops_tests.defs.conftest import defs_from_env
-from acci_ops_tests.defs.test_alerts import Webhook
-from acci_ops_tests.servers import start_redis
-
-# The production role of these tests: CREATEDB and owner of its database (what the DR switch needs),
-# with a password that must be percent-encoded in a URL (item 11: the app's DATABASE_URL after DR).
-DR_ROLE = "acci_dr_owner"
-DR_PASSWORD = "p@ss/w0rd#?%-DR-SECRET"
-SIGNING_KEY = "dr-tests-signing-key-0123456789abcdef-SECRET"
-
-
-def dr_url(pg_server, dbname: str) -> str:
-    password = quote(DR_PASSWORD, safe="")
-    return f"postgresql://{DR_ROLE}:{password}@127.0.0.1:{pg_server.pg.port}/{dbname}?sslmode=disable"
-
-
-def own_database(pg_server, name: str) -> None:
-    pg_server.pg.psql(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{DR_ROLE}') THEN "
-                      f"CREATE ROLE {DR_ROLE} LOGIN CREATEDB PASSWORD '{DR_PASSWORD}'; END IF; END $$")
-    pg_server.pg.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    load_sample_data(pg_server.pg, name)
-    pg_server.pg.psql(f"ALTER DATABASE {name} OWNER TO {DR_ROLE}")
-    for table in ("tenants", "users", "sessions"):
-        pg_server.pg.psql(f"ALTER TABLE {table} OWNER TO {DR_ROLE}", name)
-    pg_server.pg.psql(f"ALTER VIEW active_sessions OWNER TO {DR_ROLE}; "
-                      f"ALTER FUNCTION tenant_user_count(int) OWNER TO {DR_ROLE}", name)
-
-
-def drop_databases(pg_server, prefix: str) -> None:
-    for name in databases(pg_server, prefix):
-        pg_server.pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def databases(pg_server, prefix: str) -> list[str]:
-    out = pg_server.pg.psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%' ORDER BY 1")
-    return out.split() if out else []
-
-
-def shape(pg_server, dbname: str) -> tuple[str, ...]:
-    """Constraints, tables and row counts: what a half-dropped or overwritten database changes."""
-    return tuple(pg_server.pg.psql(query, dbname) for query in (
-        "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = 'public'",
-        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
-        "SELECT count(*) FROM tenants", "SELECT count(*) FROM users", "SELECT count(*) FROM sessions"))
-
-
-@pytest.fixture
-def prod_db(pg_server):
-    """A database playing production for DR, owned by a role with CREATEDB (the switch renames it)."""
-    name = "acci_prod_dr"
-    drop_databases(pg_server, name)
-    own_database(pg_server, name)
-    yield name
-    drop_databases(pg_server, name)
-
-
-@pytest.fixture
-def dr_redis(tmp_path):
-    """Production's (db 3) and the drill's (db 4) Redis: a server of this test's own."""
-    (tmp_path / "redis").mkdir()
-    server = start_redis(tmp_path / "redis")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def app_pids(tmp_path):
-    """The file the stand-in apps of this test append their pid to; they are stopped at the end."""
-    path = tmp_path / "apps.pid"
-    yield path
-    for line in (path.read_text().split() if path.exists() else []):
-        try:
-            cmdline = Path(f"/proc/{line}/cmdline").read_bytes()
-        except OSError:
-            continue  # already gone
-        if str(path).encode() in cmdline:  # still our app, not a recycled pid
-            os.kill(int(line), signal.SIGTERM)
-
-
-def app_command(pidfile: Path) -> str:
-    return f"{sys.executable} -m acci_ops.dev.fakeapp --pidfile {pidfile}"
-
-
-@pytest.fixture
-def dr_env(monkeypatch, pg_server, prod_db, bucket, scratch_url, dr_redis, app_pids):
-    monkeypatch.setenv("ACCI_DATABASE_URL", dr_url(pg_server, prod_db))
-    monkeypatch.setenv("ACCI_BACKUP_URL", f"s3://{bucket}/acci")
-    monkeypatch.setenv("ACCI_SCRATCH_DATABASE_URL", scratch_url)
-    monkeypatch.setenv("ACCI_PLATFORM", "local")
-    monkeypatch.setenv("ACCI_LOCAL_APP_COMMAND", app_command(app_pids))
-    monkeypatch.setenv("ACCI_REDIS_URL", dr_redis.url(3))
-    monkeypatch.setenv("ACCI_DRILL_REDIS_URL", dr_redis.url(4))
-    monkeypatch.setenv("ACCI_REQUIRED_METRICS", "acci_up,acci_users")
-    monkeypatch.setenv("ACCI_HEALTH_DEADLINE_SECONDS", "20")
-    monkeypatch.setenv("ACCI_BACKUP_SIGNING_KEY", SIGNING_KEY)
-    return bucket
-
-
-def nightly(instance):
-    result = defs_from_env().resolve_job_def("nightly_backup").execute_in_process(
-        partition_key="2026-11-26", instance=instance)
-    assert result.success
-    return result.asset_materializations_for_node("db_backup")[0].metadata["object_key"].value
-
-
-def drill_events(result):
-    return [e.event_specific_data.materialization for e in result.all_events
-            if e.event_type_value == "ASSET_MATERIALIZATION"]
+from acci_ops.lib.validation.validate import validate_backup
+from acci_ops_tests.fixtures.defs import defs_from_env
+from acci_ops_tests.fixtures.dr import (
+    DR_PASSWORD,
+    SIGNING_KEY,
+    app_command,
+    databases,
+    dr_url,
+    drill_events,
+    drop_databases,
+    nightly,
+    own_database,
+    shape,
+)
+from acci_ops_tests.fixtures.s3 import all_keys
+from acci_ops_tests.fixtures.webhook import Webhook
 
 
 def test_drill_job_reports_rto_and_rpo(dr_env, instance, s3, scratch_url):

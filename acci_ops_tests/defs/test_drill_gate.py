@@ -5,15 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from _pytest.fixtures import FixtureFunctionDefinition
-
-from acci_ops_tests.defs import test_dr
-from acci_ops_tests.defs.conftest import defs_from_env
-from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY
-
-# Reuse test_dr's DR environment (its fixtures: dr_env and what it needs), without its tests.
-globals().update({name: value for name, value in vars(test_dr).items() if isinstance(value, FixtureFunctionDefinition)})
-nightly = test_dr.nightly
+from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY
+from acci_ops_tests.fixtures.defs import defs_from_env
+from acci_ops_tests.fixtures.dr import nightly  # the DR environment (dr_env) is a shared fixture
 
 
 def drill(instance, **config):

@@ -10,9 +10,9 @@ import dagster as dg
 
 from acci_ops.lib.backup.layout import manifest_key_for
 from acci_ops.lib.backup.signing import NO_KEY_WARNING
-from acci_ops_tests.conftest import all_keys
-from acci_ops_tests.defs.conftest import defs_from_env
-from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY, put_backup
+from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY, put_backup
+from acci_ops_tests.fixtures.defs import defs_from_env
+from acci_ops_tests.fixtures.s3 import all_keys
 
 FOREIGN = ["acci/db-20261101.sql.gz", "acci/production/notes.txt", "acci/staging/2026-11-01/other.bin"]
 

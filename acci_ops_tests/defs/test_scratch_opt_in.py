@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from acci_ops_tests.defs.conftest import defs_from_env
+from acci_ops_tests.fixtures.defs import defs_from_env
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import pytest
 
 from acci_ops.defs.validation import sensors
 from acci_ops.lib.storage.objectstore import S3Store
-from acci_ops_tests.defs.conftest import defs_from_env
-from acci_ops_tests.trust_helpers import put_backup
+from acci_ops_tests.fixtures.backups import put_backup
+from acci_ops_tests.fixtures.defs import defs_from_env
 
 TODAY = datetime.now(UTC).date()
 

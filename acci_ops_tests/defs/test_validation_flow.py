@@ -9,14 +9,14 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 import pytest
 
-from acci_ops.lib.backup.inventory import scan_new_backups
 from acci_ops.lib.backup.layout import dump_key, manifest_key_for
+from acci_ops.lib.backup.records import ValidationReport, validation_key_for
 from acci_ops.lib.storage.objectstore import open_store
-from acci_ops.lib.validation.validate import ValidationReport, validation_key_for
-from acci_ops_tests.conftest import all_keys
-from acci_ops_tests.defs.conftest import defs_from_env
-from acci_ops_tests.servers import DB_PASSWORD
-from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY, put_backup, put_record
+from acci_ops.lib.validation.scan import scan_new_backups
+from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY, put_backup, put_record
+from acci_ops_tests.fixtures.defs import defs_from_env
+from acci_ops_tests.fixtures.s3 import all_keys
+from acci_ops_tests.fixtures.servers import DB_PASSWORD
 
 
 @pytest.fixture

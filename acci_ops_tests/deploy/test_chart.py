@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from acci_ops_tests.deploy.conftest import CHART, DR_VALUES, DRILL_VALUES, HELM_VERSION, INSTALL_HELM
+from acci_ops_tests.fixtures.deploy import CHART, DR_VALUES, DRILL_VALUES, HELM_VERSION, INSTALL_HELM
 
 RELEASE = "acci-framework"
 NAMESPACE = "acci"

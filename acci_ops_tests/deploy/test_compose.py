@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from acci_ops_tests.deploy.conftest import COMPOSE_DIR
+from acci_ops_tests.fixtures.deploy import COMPOSE_DIR
 
 BASE = COMPOSE_DIR / "docker-compose.yml"
 PROD = COMPOSE_DIR / "docker-compose.prod.yml"

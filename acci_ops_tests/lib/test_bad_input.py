@@ -12,8 +12,8 @@ from acci_ops.lib.core.errors import AcciOpsError, BackupError, ConfigError
 from acci_ops.lib.core.net import free_port
 from acci_ops.lib.postgres.urls import parse_database_url
 from acci_ops.lib.storage.objectstore import S3Store, open_store
-from acci_ops_tests.conftest import all_keys
-from acci_ops_tests.servers import DB_PASSWORD
+from acci_ops_tests.fixtures.s3 import all_keys
+from acci_ops_tests.fixtures.servers import DB_PASSWORD
 
 
 def attempt(url: str, store) -> AcciOpsError:

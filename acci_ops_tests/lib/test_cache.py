@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import redis
 
+from acci_ops.dev.servers import start_redis
 from acci_ops.lib.core.errors import ConfigError
 from acci_ops.lib.core.net import free_port
 from acci_ops.lib.dr import redis_cache as cache
-from acci_ops_tests.servers import start_redis
 
 
 @pytest.fixture
@@ -36,6 +36,7 @@ def fill(url: str, key: str = "k") -> redis.Redis:
     return client
 
 
+@pytest.mark.integration  # starts redis-servers of its own
 def test_same_server_spelled_differently_flushes_only_the_drill_database(own_redis):
     port = own_redis.port
     production, drill = f"redis://127.0.0.1:{port}/0", f"redis://localhost:{port}/1"
@@ -45,6 +46,7 @@ def test_same_server_spelled_differently_flushes_only_the_drill_database(own_red
     assert prod_client.get("session") == b"v" and drill_client.dbsize() == 0
 
 
+@pytest.mark.integration  # starts redis-servers of its own
 def test_query_db_is_the_database_the_client_uses(own_redis):
     port = own_redis.port
     production, drill = f"redis://127.0.0.1:{port}/0", f"redis://127.0.0.1:{port}/5?db=0"
@@ -56,6 +58,7 @@ def test_query_db_is_the_database_the_client_uses(own_redis):
     assert prod_client.get("session") == b"v"
 
 
+@pytest.mark.integration  # starts redis-servers of its own
 def test_unknown_production_redis_is_refused(own_redis):
     drill = own_redis.url(1)
     fill(drill)
@@ -66,6 +69,7 @@ def test_unknown_production_redis_is_refused(own_redis):
     assert redis.Redis.from_url(drill).dbsize() == 1
 
 
+@pytest.mark.integration  # starts redis-servers of its own
 def test_unreachable_production_redis_is_refused(own_redis):
     drill = own_redis.url(1)
     fill(drill)
@@ -78,6 +82,7 @@ def test_unreachable_production_redis_is_refused(own_redis):
     assert redis.Redis.from_url(drill).dbsize() == 1
 
 
+@pytest.mark.integration  # starts redis-servers of its own
 def test_a_separate_server_gets_flushall_and_production_is_untouched(own_redis, other_redis):
     production, drill = own_redis.url(0), other_redis.url(2)
     prod_client = fill(production, "session")

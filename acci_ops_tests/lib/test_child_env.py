@@ -20,8 +20,7 @@ from acci_ops.lib.platform.backends import AppRuntime, ComposePlatform, HelmPlat
 from acci_ops.lib.postgres.urls import parse_database_url
 from acci_ops.lib.storage.objectstore import open_store
 from acci_ops.lib.validation.validate import ValidationSettings, validate_backup
-from acci_ops_tests.conftest import SCRATCH_PASSWORD
-from acci_ops_tests.servers import DB_PASSWORD
+from acci_ops_tests.fixtures.servers import DB_PASSWORD, SCRATCH_PASSWORD
 
 AWS_SECRET = "aws-Secret-Key-h3-7f3a9"
 WEBHOOK = "https://hooks.slack.test/services/T0/B0/hook-Secret-9q2"

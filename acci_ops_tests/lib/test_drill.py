@@ -13,12 +13,16 @@ import pytest
 import redis
 
 from acci_ops.dev.localpg import load_sample_data
+from acci_ops.dev.servers import start_redis
 from acci_ops.lib.backup.dump import run_backup
 from acci_ops.lib.backup.inventory import read_manifest
 from acci_ops.lib.backup.layout import manifest_key_for
+from acci_ops.lib.backup.records import ValidationReport, store_report
 from acci_ops.lib.backup.signing import Keyring
 from acci_ops.lib.core.errors import BackupError
 from acci_ops.lib.dr.procedures import (
+    DrillRequest,
+    RecoveryRequest,
     Targets,
     choose_backup,
     refuse_foreign_backup,
@@ -30,9 +34,8 @@ from acci_ops.lib.platform.backends import LocalPlatform
 from acci_ops.lib.postgres.scratch import list_scratch_databases
 from acci_ops.lib.postgres.urls import parse_database_url
 from acci_ops.lib.storage.objectstore import open_store
-from acci_ops.lib.validation.validate import ValidationReport, store_report, validate_backup
-from acci_ops_tests.servers import start_redis
-from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY
+from acci_ops.lib.validation.validate import validate_backup
+from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYRING = Keyring.from_secret(TEST_SIGNING_KEY)  # backups and records signed as acci_ops signs them
@@ -76,12 +79,11 @@ def port_is_closed(url: str) -> bool:
 def drill(store, key, scratch_url, redis_server, **kwargs):
     lines: list[str] = []
     platform = LocalPlatform(APP, cwd=str(ROOT))
-    report = run_drill(environment="production", store=store, backup_key=key, scratch=parse_database_url(scratch_url),
-                       database=kwargs.pop("database", "acci"), platform=platform,
-                       drill_redis_url=redis_server.url(1),
-                       production_redis_url=redis_server.url(0),
-                       required_metrics=kwargs.pop("required_metrics", ["acci_up", "acci_users"]),
-                       log=lines.append, **kwargs)
+    request = DrillRequest(environment="production", backup_key=key, scratch=parse_database_url(scratch_url),
+                           database=kwargs.pop("database", "acci"), drill_redis_url=redis_server.url(1),
+                           production_redis_url=redis_server.url(0),
+                           required_metrics=kwargs.pop("required_metrics", ["acci_up", "acci_users"]), **kwargs)
+    report = run_drill(request, store=store, platform=platform, log=lines.append)
     return report, lines
 
 
@@ -142,10 +144,10 @@ def test_missed_targets_fail_the_drill(store, validated_backup, scratch_url, red
 
 def test_drill_refuses_production_redis(store, validated_backup, scratch_url, redis_server):
     same_db = redis_server.url(0).replace("127.0.0.1", "localhost")
-    report = run_drill(environment="production", store=store, backup_key=validated_backup,
-                       scratch=parse_database_url(scratch_url), database="acci",
-                       platform=LocalPlatform(APP, cwd=str(ROOT)), drill_redis_url=same_db,
-                       production_redis_url=redis_server.url(0), log=lambda line: None)
+    request = DrillRequest(environment="production", backup_key=validated_backup,
+                           scratch=parse_database_url(scratch_url), database="acci", drill_redis_url=same_db,
+                           production_redis_url=redis_server.url(0))
+    report = run_drill(request, store=store, platform=LocalPlatform(APP, cwd=str(ROOT)), log=lambda line: None)
     assert not report.ok
     assert report.failure == (f"preflight: the drill's Redis redis localhost:{redis_server.port}/0 is production's "
                               "Redis (same server, database 0); give the drill its own database or server")
@@ -176,10 +178,10 @@ def test_recovery_restores_next_to_the_live_database_and_keeps_the_old_one(pg_se
     cache.set("stale", "1")
     platform = LocalPlatform(APP, cwd=str(ROOT))
     try:
-        report = run_recovery(environment="production", store=store, backup_key=key,
-                              database=parse_database_url(pg_server.pg.url(live_db)), platform=platform,
-                              redis_url=own_redis.url(2), app_url=None, required_metrics=["acci_up"],
-                              log=lambda line: None)
+        request = RecoveryRequest(environment="production", backup_key=key,
+                                  database=parse_database_url(pg_server.pg.url(live_db)),
+                                  redis_url=own_redis.url(2), app_url=None, required_metrics=["acci_up"])
+        report = run_recovery(request, store=store, platform=platform, log=lambda line: None)
         assert report.ok, report.failure
         assert [s.name for s in report.steps] == ["infrastructure", "restore", "switch", "cache", "verify"]
     finally:
@@ -239,9 +241,9 @@ def test_failed_recovery_leaves_production_as_it_was_and_can_be_repeated(pg_serv
     pg_server.pg.psql("INSERT INTO tenants (name) VALUES ('written after the backup')", live_db)
     before = shape(pg_server, live_db)
     target = parse_database_url(pg_server.pg.url(live_db))
-    report = run_recovery(environment="production", store=store, backup_key=broken_key, database=target,
-                          platform=None, redis_url=own_redis.url(0), app_url="http://127.0.0.1:9",
-                          log=lambda line: None)
+    request = RecoveryRequest(environment="production", backup_key=broken_key, database=target,
+                              redis_url=own_redis.url(0), app_url="http://127.0.0.1:9")
+    report = run_recovery(request, store=store, platform=None, log=lambda line: None)
     assert not report.ok
     # Restored into the new database beside the live one, where it stopped at the first error.
     assert report.failure.startswith(f"restore: pg_restore into postgres@127.0.0.1:{pg_server.pg.port}/acci_live_dr_")
@@ -260,9 +262,9 @@ def test_failed_recovery_leaves_production_as_it_was_and_can_be_repeated(pg_serv
     pg_server.pg.psql("DELETE FROM sessions", live_db)  # the disaster
     platform = LocalPlatform(APP, cwd=str(ROOT))
     try:
-        again = run_recovery(environment="production", store=store, backup_key=good_key, database=target,
-                             platform=platform, redis_url=own_redis.url(0), app_url=None,
-                             required_metrics=["acci_up"], log=lambda line: None)
+        request = RecoveryRequest(environment="production", backup_key=good_key, database=target,
+                                  redis_url=own_redis.url(0), app_url=None, required_metrics=["acci_up"])
+        again = run_recovery(request, store=store, platform=platform, log=lambda line: None)
         assert again.ok, again.failure
     finally:
         platform.down(lambda line: None)
@@ -278,9 +280,9 @@ def test_recovery_refuses_a_role_that_cannot_switch_before_touching_anything(pg_
     pg_server.pg.psql("DELETE FROM sessions", live_db)
     # acci may read everything but lacks CREATEDB and does not own acci_live.
     target = parse_database_url(pg_server.url(live_db))
-    report = run_recovery(environment="production", store=store, backup_key=key, database=target,
-                          platform=LocalPlatform(["/no/such/app"]), redis_url=own_redis.url(0),
-                          app_url=None, log=lambda line: None)
+    request = RecoveryRequest(environment="production", backup_key=key, database=target,
+                              redis_url=own_redis.url(0), app_url=None)
+    report = run_recovery(request, store=store, platform=LocalPlatform(["/no/such/app"]), log=lambda line: None)
     assert not report.ok
     assert report.failure == (
         "preflight: role acci cannot restore acci_live next to the live database and switch: it lacks CREATEDB "
@@ -342,12 +344,29 @@ def test_drill_refuses_another_environments_backup(pg_server, store, scratch_url
 def test_drill_refuses_when_production_redis_is_unknown(store, validated_backup, scratch_url, redis_server):
     drill_cache = redis.Redis.from_url(redis_server.url(1))
     drill_cache.set("stale", "1")
-    report = run_drill(environment="production", store=store, backup_key=validated_backup,
-                       scratch=parse_database_url(scratch_url), database="acci",
-                       platform=LocalPlatform(APP, cwd=str(ROOT)), drill_redis_url=redis_server.url(1),
-                       production_redis_url=None, log=lambda line: None)
+    request = DrillRequest(environment="production", backup_key=validated_backup,
+                           scratch=parse_database_url(scratch_url), database="acci",
+                           drill_redis_url=redis_server.url(1), production_redis_url=None)
+    report = run_drill(request, store=store, platform=LocalPlatform(APP, cwd=str(ROOT)), log=lambda line: None)
     assert not report.ok
     assert report.failure.startswith("preflight: production's Redis is unknown: set ACCI_REDIS_URL")
     assert [s.name for s in report.steps] == ["preflight", "teardown"]
     assert drill_cache.get("stale") == b"1"
     drill_cache.delete("stale")
+
+
+def test_requests_show_no_credentials():
+    """Parameter objects may be logged or printed: their repr carries no password or Redis URL."""
+    secret = "s3cr3t-Pa55"
+    scratch = parse_database_url(f"postgresql://scratch:{secret}@db:5432/postgres")
+    drill_request = DrillRequest(environment="production", backup_key="production/k", database="acci", scratch=scratch,
+                                 drill_redis_url=f"redis://:{secret}@cache:6379/1",
+                                 production_redis_url=f"redis://:{secret}@cache:6379/0",
+                                 required_metrics=["acci_up"])
+    recovery_request = RecoveryRequest(environment="production", backup_key="production/k",
+                                       database=parse_database_url(f"postgresql://acci:{secret}@db:5432/acci"),
+                                       redis_url=f"redis://:{secret}@cache:6379/0")
+    for request in (drill_request, recovery_request):
+        assert secret not in repr(request) and secret not in str(request)
+        assert "production/k" in repr(request)
+    assert drill_request.required_metrics == ("acci_up",)

@@ -20,8 +20,8 @@ from acci_ops.lib.backup.signing import Keyring
 from acci_ops.lib.core.errors import TransientError
 from acci_ops.lib.postgres.urls import parse_database_url
 from acci_ops.lib.storage.objectstore import S3Store
-from acci_ops_tests.conftest import all_keys
-from acci_ops_tests.trust_helpers import TEST_SIGNING_KEY
+from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY
+from acci_ops_tests.fixtures.s3 import all_keys
 
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")

@@ -16,15 +16,15 @@ from acci_ops.lib.backup.manifest import BackupManifest
 from acci_ops.lib.core.errors import AcciOpsError, BackupError, ConfigError
 from acci_ops.lib.postgres.urls import parse_database_url
 from acci_ops.lib.storage.objectstore import Encryption, FileStore, S3Store, open_store
-from acci_ops_tests.conftest import all_keys
-from acci_ops_tests.helpers import (
+from acci_ops_tests.fixtures.pgtools import (
     TriggerAfter,
     fake_pg_dump,
     kill_pg_dump,
     restore_with_stock_tools,
     row_counts,
 )
-from acci_ops_tests.servers import start_postgres
+from acci_ops_tests.fixtures.s3 import all_keys
+from acci_ops_tests.fixtures.servers import start_postgres
 
 DAY = date(2026, 11, 26)
 
@@ -121,7 +121,7 @@ def test_stopping_the_server_mid_stream_leaves_nothing(tmp_path, s3, bucket):
     """A dedicated cluster is stopped (immediate mode) while its dump is streaming."""
     server = start_postgres(tmp_path / "doomed")
     try:
-        from acci_ops_tests.servers import load_big_table
+        from acci_ops_tests.fixtures.servers import load_big_table
 
         url = load_big_table(server, "doomed", megabytes=32)
 

@@ -214,7 +214,7 @@ def test_unreachable_or_malformed_app_url():
 def test_resource_builds_backends_from_the_real_deploy_files(monkeypatch):
     """The Dagster resource points the helm and compose backends at deploy/ (checked to exist),
     with drill-values and a drill namespace/project for drills and dr-values for recovery."""
-    from acci_ops.defs.resources import PROJECT_ROOT, AcciDisasterRecovery
+    from acci_ops.defs.dr.resources import PROJECT_ROOT, AcciDisasterRecovery
 
     base = dict(environment="production", drill_redis_url="redis://127.0.0.1:6379/5", app_url="https://api.acci.test",
                 compose_files=["deploy/compose/docker-compose.yml", "deploy/compose/docker-compose.prod.yml"])

@@ -6,8 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from acci_ops.lib.backup.layout import dump_key, parse_dump_key
-from acci_ops.lib.backup.retention import RetentionPolicy, complete_backups, plan_retention
+from acci_ops.lib.backup.layout import complete_backups, dump_key, parse_dump_key
+from acci_ops.lib.backup.retention import RetentionPolicy, plan_retention
 from acci_ops.lib.core.errors import ConfigError
 
 
@@ -86,3 +86,42 @@ def test_only_complete_backups_of_the_environment_are_considered():
     complete, orphans = complete_backups(keys, "production")
     assert [b.key for b in complete] == [ours]
     assert orphans == [orphan_manifest]
+
+
+def test_apply_retention_dry_run_lists_then_the_real_run_deletes(tmp_path):
+    """The engine for one store: a dry run only logs; the real run deletes the planned backups
+    (dump, sidecars, manifest) and the signed manifest left without its dump, and nothing else."""
+    import json
+
+    from acci_ops.lib.backup.retention import apply_retention
+    from acci_ops.lib.backup.signing import Keyring
+    from acci_ops.lib.storage.objectstore import open_store
+    from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY, put_backup, put_record
+
+    store = open_store(f"file://{tmp_path}/backups")
+    now = datetime(2026, 11, 27, 12, tzinfo=UTC)
+    keys = [put_backup(store, "production", date(2026, 11, d)) for d in (20, 21, 22, 23)]
+    manifest = lambda key: json.loads(store.get_bytes(key + ".manifest.json"))  # noqa: E731
+    put_record(store, keys[0], read_manifest=manifest)  # the only validated one: protected
+    orphan = put_backup(store, "production", date(2026, 11, 19))
+    store.delete(orphan)  # an interrupted deletion: its signed manifest is left
+    unsigned = put_backup(store, "production", date(2026, 11, 18), signed=False)
+    before = sorted(o.key for o in store.list("production/"))
+    keyring = Keyring.from_secret(TEST_SIGNING_KEY)
+
+    lines: list[str] = []
+    dry = apply_retention(store, "production", RetentionPolicy(1, 0, 0), keyring, dry_run=True, log=lines.append,
+                          now=now)
+    assert sorted(dry.plan.delete) == sorted(keys[1:3]) and dry.orphans == [orphan + ".manifest.json"]
+    assert dry.dry_run and dry.untrusted == 1 and dry.plan.keep[unsigned] == ["unsigned — not acci_ops's, kept"]
+    assert lines == [f"would delete {store.uri_for(k)}" for k in dry.plan.delete] + [
+        f"would delete manifest without dump {store.uri_for(orphan + '.manifest.json')}"]
+    assert sorted(o.key for o in store.list("production/")) == before
+
+    lines.clear()
+    done = apply_retention(store, "production", RetentionPolicy(1, 0, 0), keyring, log=lines.append, now=now)
+    assert done.plan.delete == dry.plan.delete and not done.dry_run
+    assert lines[0].startswith("deleting ") and len(lines) == 3
+    remaining = sorted(o.key for o in store.list("production/"))
+    assert remaining == sorted([keys[0], keys[0] + ".manifest.json", keys[0] + ".validation.json",
+                                keys[3], keys[3] + ".manifest.json", unsigned, unsigned + ".manifest.json"])

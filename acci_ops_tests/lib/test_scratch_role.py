@@ -17,13 +17,13 @@ import pytest
 from acci_ops.dev.localpg import _let_postgres_traverse
 from acci_ops.lib.backup.dump import run_backup
 from acci_ops.lib.core.errors import ConfigError
-from acci_ops.lib.dr.procedures import run_drill
+from acci_ops.lib.dr.procedures import DrillRequest, run_drill
 from acci_ops.lib.platform.backends import LocalPlatform
 from acci_ops.lib.postgres.scratch import check_scratch_role, list_scratch_databases, refuse_same_database
 from acci_ops.lib.postgres.urls import parse_database_url
 from acci_ops.lib.storage.objectstore import open_store
 from acci_ops.lib.validation.validate import ValidationSettings, validate_backup
-from acci_ops_tests.servers import DB_PASSWORD
+from acci_ops_tests.fixtures.servers import DB_PASSWORD
 
 SUPERUSER_REFUSAL = ("scratch role postgres is a superuser: a restored archive could run shell commands as it; "
                      "use a role with only LOGIN CREATEDB, or set ACCI_SCRATCH_ALLOW_SUPERUSER=true to accept the risk")
@@ -134,10 +134,10 @@ def test_the_dedicated_scratch_role_passes(scratch_url):
 
 def test_drill_refuses_a_superuser_scratch_role(plain_backup, pg_server, redis_server):
     store, key = plain_backup
-    report = run_drill(environment="production", store=store, backup_key=key,
-                       scratch=parse_database_url(pg_server.admin_url),
-                       platform=LocalPlatform(["/bin/false"]), drill_redis_url=redis_server.url(9),
-                       production_redis_url=redis_server.url(0), database="acci", log=lambda line: None)
+    request = DrillRequest(environment="production", backup_key=key, scratch=parse_database_url(pg_server.admin_url),
+                           drill_redis_url=redis_server.url(9), production_redis_url=redis_server.url(0),
+                           database="acci")
+    report = run_drill(request, store=store, platform=LocalPlatform(["/bin/false"]), log=lambda line: None)
     assert not report.ok
     assert report.failure == f"database: {SUPERUSER_REFUSAL}"
 

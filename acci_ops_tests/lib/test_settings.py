@@ -31,17 +31,17 @@ def test_single_environment_defaults():
     settings = load_settings({})
     assert [e.name for e in settings.environments] == ["production"]
     spec = settings.environments[0]
-    assert spec.database_url_env == "ACCI_DATABASE_URL" and spec.backup_url_env == "ACCI_BACKUP_URL"
-    assert settings.timezone == "UTC" and not settings.several
-    assert (spec.retention.daily, spec.retention.weekly, spec.retention.monthly) == (7, 4, 12)
+    assert spec.backup.database_url_env == "ACCI_DATABASE_URL" and spec.backup.backup_url_env == "ACCI_BACKUP_URL"
+    assert settings.timezone == "UTC" and settings.from_file is None
+    assert (spec.backup.retention.daily, spec.backup.retention.weekly, spec.backup.retention.monthly) == (7, 4, 12)
 
 
 def test_single_environment_from_variables():
     settings = load_settings({"ACCI_ENVIRONMENT": "staging", "ACCI_TIMEZONE": "America/New_York",
                               "ACCI_RETENTION_DAILY": "3", "ACCI_OFFSITE_URL": "s3://off/x"})
     assert settings.environments[0].name == "staging"
-    assert settings.environments[0].retention.daily == 3
-    assert settings.environments[0].offsite.url == "s3://off/x"
+    assert settings.environments[0].backup.retention.daily == 3
+    assert settings.environments[0].backup.offsite.url == "s3://off/x"
     assert settings.timezone == "America/New_York"
 
 
@@ -49,11 +49,11 @@ def test_several_environments_from_file(tmp_path):
     path = tmp_path / "envs.yaml"
     path.write_text(FILE)
     settings = load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)})
-    assert settings.several and [e.name for e in settings.environments] == ["staging", "production"]
+    assert settings.from_file == str(path) and [e.name for e in settings.environments] == ["staging", "production"]
     assert settings.timezone == "Europe/Madrid"
     prod = settings.environment("production")
-    assert prod.sse == "sse-kms" and prod.offsite.access_key_id_env == "OFFSITE_KEY"
-    assert settings.environment("staging").retention.monthly == 1
+    assert prod.backup.sse == "sse-kms" and prod.backup.offsite.access_key_id_env == "OFFSITE_KEY"
+    assert settings.environment("staging").backup.retention.monthly == 1
 
 
 def test_file_with_one_selected_environment(tmp_path):
@@ -118,7 +118,7 @@ def test_dr_settings_from_variables():
          "the local platform needs ACCI_LOCAL_APP_COMMAND"),
         ({"ACCI_PLATFORM": "helm"}, "DR needs a Redis for drills: set ACCI_DRILL_REDIS_URL"),
         ({"ACCI_PLATFORM": "helm", "ACCI_DRILL_REDIS_URL": "redis://r/5", "ACCI_RTO_TARGET_MINUTES": "soon"},
-         "DR settings: could not convert string to float: 'soon'"),
+         "ACCI_RTO_TARGET_MINUTES='soon' must be a number"),
     ],
 )
 def test_bad_dr_settings(env, expected):
@@ -171,7 +171,7 @@ def test_env_field_names_that_are_fine(tmp_path):
     path.write_text("environments:\n  prod:\n    backup_url: s3://b/p\n    database_url_env: prod_db_url\n"
                     "    dr:\n      platform: helm\n      drill_redis_url_env: _DRILL_1\n")
     spec = load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)}).environments[0]
-    assert spec.database_url_env == "prod_db_url" and spec.dr.drill_redis_url_env == "_DRILL_1"
+    assert spec.backup.database_url_env == "prod_db_url" and spec.dr.drill_redis_url_env == "_DRILL_1"
 
 
 @pytest.mark.parametrize("field", ["required_metrics", "compose_files"])
@@ -196,9 +196,12 @@ def test_list_fields_accept_lists(tmp_path):
 
 
 def test_scratch_allow_superuser_from_variables_and_file(tmp_path):
-    assert load_settings({}).environments[0].scratch_allow_superuser is False
-    assert load_settings({"ACCI_SCRATCH_ALLOW_SUPERUSER": "true"}).environments[0].scratch_allow_superuser is True
-    assert load_settings({"ACCI_SCRATCH_ALLOW_SUPERUSER": "false"}).environments[0].scratch_allow_superuser is False
+    def allowed(environ: dict) -> bool:
+        return load_settings(environ).environments[0].validation.scratch_allow_superuser
+
+    assert allowed({}) is False
+    assert allowed({"ACCI_SCRATCH_ALLOW_SUPERUSER": "true"}) is True
+    assert allowed({"ACCI_SCRATCH_ALLOW_SUPERUSER": "false"}) is False
     with pytest.raises(ConfigError, match=r"^ACCI_SCRATCH_ALLOW_SUPERUSER='yes please' must be true or false$"):
         load_settings({"ACCI_SCRATCH_ALLOW_SUPERUSER": "yes please"})
     path = tmp_path / "envs.yaml"
@@ -206,9 +209,116 @@ def test_scratch_allow_superuser_from_variables_and_file(tmp_path):
                     "    scratch_allow_superuser: true\n  staging:\n    backup_url: s3://b/s\n"
                     "    database_url_env: STAGING_DB\n")
     settings = load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)})
-    assert settings.environment("prod").scratch_allow_superuser is True
-    assert settings.environment("staging").scratch_allow_superuser is False
+    assert settings.environment("prod").validation.scratch_allow_superuser is True
+    assert settings.environment("staging").validation.scratch_allow_superuser is False
     path.write_text("environments:\n  prod:\n    backup_url: s3://b/p\n    database_url_env: PROD_DB\n"
                     "    scratch_allow_superuser: 'yes'\n")
     with pytest.raises(ConfigError, match="scratch_allow_superuser must be true or false"):
         load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)})
+
+
+# --- one model: typos are one ConfigError line naming the variable or key ------------------------
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"ACCI_VALIDATION_JOBS": "two"}, "ACCI_VALIDATION_JOBS='two' must be a whole number"),
+        ({"ACCI_VALIDATION_JOBS": "0"}, "ACCI_VALIDATION_JOBS='0' must be at least 1"),
+        ({"ACCI_VALIDATION_MODE": "fast"}, "ACCI_VALIDATION_MODE='fast' must be one of auto, parallel, stream"),
+        ({"ACCI_VALIDATION_AMCHECK": "maybe"}, "ACCI_VALIDATION_AMCHECK='maybe' must be one of auto, off, required"),
+        ({"ACCI_BACKUP_MAX_RUNTIME_SECONDS": "4h"}, "ACCI_BACKUP_MAX_RUNTIME_SECONDS='4h' must be a whole number"),
+        ({"ACCI_RETENTION_WEEKLY": "four"}, "ACCI_RETENTION_WEEKLY='four' must be a whole number"),
+        ({"ACCI_PLATFORM": "helm", "ACCI_DRILL_REDIS_URL": "redis://r/5", "ACCI_HEALTH_DEADLINE_SECONDS": "5m"},
+         "ACCI_HEALTH_DEADLINE_SECONDS='5m' must be a number"),
+    ],
+)
+def test_a_typo_in_a_variable_is_one_config_error_naming_it(env, expected):
+    """Before: ACCI_VALIDATION_JOBS=two was a raw ValueError while the definitions loaded."""
+    with pytest.raises(ConfigError) as failure:
+        load_settings(env)
+    assert str(failure.value) == expected
+
+
+def test_validation_settings_per_environment_with_the_variables_as_defaults(tmp_path):
+    path = tmp_path / "envs.yaml"
+    path.write_text("environments:\n"
+                    "  staging:\n    database_url_env: STAGING_DB\n    backup_url: s3://b/s\n"
+                    "    validation: {mode: stream, jobs: 4, amcheck: off, work_dir: /scratch}\n"
+                    "  production:\n    database_url_env: PROD_DB\n    backup_url: s3://b/p\n")
+    environ = {"ACCI_ENVIRONMENTS_FILE": str(path), "ACCI_VALIDATION_JOBS": "3", "ACCI_VALIDATION_AMCHECK": "required",
+               "ACCI_SCRATCH_DATABASE_URL": "postgresql://scratch@h/postgres"}
+    settings = load_settings(environ)
+    staging, production = settings.environment("staging").validation, settings.environment("production").validation
+    assert (staging.mode, staging.jobs, staging.amcheck, staging.work_dir) == ("stream", 4, "off", "/scratch")
+    assert (production.mode, production.jobs, production.amcheck, production.work_dir) == ("auto", 3, "required", None)
+    assert staging.scratch_database_url_env == production.scratch_database_url_env == "ACCI_SCRATCH_DATABASE_URL"
+    single = load_settings({"ACCI_VALIDATION_MODE": "parallel", "ACCI_VALIDATION_WORK_DIR": "/w"}).environments[0]
+    assert (single.validation.mode, single.validation.jobs, single.validation.work_dir) == ("parallel", 2, "/w")
+
+
+@pytest.mark.parametrize(
+    "section,expected",
+    [
+        ("{jobs: two}", "validation.jobs must be a whole number, not 'two'"),
+        ("{jobs: 0}", "validation.jobs 0 must be at least 1"),
+        ("{mode: fast}", "validation.mode 'fast' must be one of auto, parallel, stream"),
+        ("{amcheck: true}", "validation.amcheck must be a single value, not bool"),
+        ("{scratch: x}", "validation in {path} environment 'prod' must be a mapping with optional amcheck, "
+                         "assertions_file, jobs, mode, work_dir"),
+        ("[stream]", "validation in {path} environment 'prod' must be a mapping with optional amcheck, "
+                     "assertions_file, jobs, mode, work_dir"),
+    ],
+)
+def test_bad_validation_section(tmp_path, section, expected):
+    path = tmp_path / "envs.yaml"
+    path.write_text(f"environments:\n  prod:\n    database_url_env: PROD_DB\n    backup_url: s3://b/p\n"
+                    f"    validation: {section}\n")
+    with pytest.raises(ConfigError) as failure:
+        load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)})
+    assert expected.format(path=path) in str(failure.value)
+    assert "\n" not in str(failure.value)
+
+
+def test_bad_dr_numbers_in_the_file(tmp_path):
+    path = tmp_path / "envs.yaml"
+    path.write_text("environments:\n  prod:\n    database_url_env: PROD_DB\n    backup_url: s3://b/p\n"
+                    "    dr: {platform: helm, drill_redis_url_env: DRILL, rto_target_minutes: soon}\n")
+    with pytest.raises(ConfigError) as failure:
+        load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)})
+    assert str(failure.value) == f"{path} environment 'prod': dr.rto_target_minutes must be a number, not 'soon'"
+
+
+def test_dr_defaults_are_the_models_and_tool_paths_come_from_variables_in_the_file_too(tmp_path):
+    """Every default is declared once, on the model: variables and the file arrive at the same values."""
+    from acci_ops.settings import DrSpec
+
+    path = tmp_path / "envs.yaml"
+    path.write_text("environments:\n  prod:\n    database_url_env: PROD_DB\n    backup_url: s3://b/p\n"
+                    "    dr: {platform: helm, drill_redis_url_env: DRILL}\n")
+    environ = {"ACCI_HELM_BIN": "/opt/helm", "ACCI_PG_BIN": "/usr/lib/postgresql/15/bin",
+               "ACCI_BACKUP_MAX_RUNTIME_SECONDS": "600", "ACCI_RTO_TARGET_MINUTES": "5"}
+    from_file = load_settings({**environ, "ACCI_ENVIRONMENTS_FILE": str(path)}).environments[0]
+    from_variables = load_settings({**environ, "ACCI_PLATFORM": "helm", "ACCI_DRILL_REDIS_URL": "x"}).environments[0]
+    assert from_file.dr.helm_bin == from_variables.dr.helm_bin == "/opt/helm"
+    assert from_file.backup.pg_bin_dir == from_variables.backup.pg_bin_dir == "/usr/lib/postgresql/15/bin"
+    assert from_file.backup.max_runtime_seconds == from_variables.backup.max_runtime_seconds == 600
+    # Targets are per environment: the file's environment keeps the model's default.
+    assert from_file.dr.rto_target_minutes == DrSpec.rto_target_minutes == 30
+    assert from_variables.dr.rto_target_minutes == 5
+
+
+def test_every_variable_of_the_model_is_documented_in_the_readme():
+    """The model is the list of settings; the README's Configuration table must name each variable."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from acci_ops.settings import AlertSpec, BackupSpec, DrSpec, OffsiteSpec, ValidationSpec
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    variables = {f.metadata["var"] for cls in (BackupSpec, OffsiteSpec, ValidationSpec, DrSpec, AlertSpec)
+                 for f in fields(cls) if f.metadata.get("var")}
+    assert len(variables) > 30
+    assert sorted(v for v in variables if f"`{v}`" not in readme) == []
+    for cls in (BackupSpec, OffsiteSpec, ValidationSpec, DrSpec, AlertSpec):
+        for f in fields(cls):
+            assert f.metadata["help"].strip(), f"{cls.__name__}.{f.name} has no help text"

@@ -8,15 +8,15 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from acci_ops.lib.backup.inventory import newest_trusted_manifest, plan_store_retention, read_manifest
+from acci_ops.lib.backup.inventory import read_manifest
 from acci_ops.lib.backup.manifest import BackupManifest
-from acci_ops.lib.backup.retention import RetentionPolicy
+from acci_ops.lib.backup.records import ValidationReport, newest_validated
+from acci_ops.lib.backup.retention import RetentionPolicy, plan_store_retention
 from acci_ops.lib.backup.signing import Keyring
 from acci_ops.lib.core.errors import BackupError, ConfigError
 from acci_ops.lib.dr.procedures import choose_backup
 from acci_ops.lib.storage.objectstore import open_store
-from acci_ops.lib.validation.validate import ValidationReport, newest_validated
-from acci_ops_tests.trust_helpers import (
+from acci_ops_tests.fixtures.backups import (
     OTHER_SIGNING_KEY,
     TEST_SIGNING_KEY,
     key_id,
@@ -236,13 +236,15 @@ def test_dr_default_is_the_newest_signed_and_validated_backup(store):
     assert newest_validated(store, "production", None, now=NOW) is None
 
 
-def test_newest_trusted_manifest_ranks_by_snapshot_time(store):
-    """Two signed backups of one day: the later snapshot wins even if another key sorts later."""
+def test_newest_validated_ranks_by_snapshot_time(store):
+    """Two signed, validated backups of one day: the later snapshot wins even if another key sorts later."""
     early = put_backup(store, "production", date(2026, 11, 26), taken_at=datetime(2026, 11, 27, 2, tzinfo=UTC))
-    put_backup(store, "production", date(2026, 11, 26), taken_at=datetime(2026, 11, 27, 2, 1, tzinfo=UTC),
-               mutate=lambda d: d.update(snapshot_at="2026-11-27T01:00:00+00:00"))  # snapshot before start: bad
-    found = newest_trusted_manifest(store, "production", KEYRING, now=NOW)
-    assert found.backup.key == early
+    late = put_backup(store, "production", date(2026, 11, 26), taken_at=datetime(2026, 11, 27, 2, 1, tzinfo=UTC),
+                      mutate=lambda d: d.update(snapshot_at="2026-11-27T01:00:00+00:00"))  # snapshot before start: bad
+    for key in (early, late):
+        put_record(store, key, read_manifest=manifest_of(store))
+    found = newest_validated(store, "production", KEYRING, now=NOW)
+    assert found[0].key == early
 
 
 # --- settings ------------------------------------------------------------------------------
@@ -251,16 +253,29 @@ def test_signing_key_setting_is_a_variable_name(tmp_path):
     from acci_ops.settings import load_settings
 
     single = load_settings({"ACCI_BACKUP_SIGNING_KEY": TEST_SIGNING_KEY})
-    assert single.environments[0].signing_key_env == "ACCI_BACKUP_SIGNING_KEY"
-    assert load_settings({}).environments[0].signing_key_env is None
+    assert single.environments[0].backup.signing_key_env == "ACCI_BACKUP_SIGNING_KEY"
+    assert load_settings({}).environments[0].backup.signing_key_env is None
     path = tmp_path / "envs.yaml"
     path.write_text("environments:\n  staging: {database_url_env: DB, backup_url: 's3://b/p', "
                     "signing_key_env: STAGING_SIGNING_KEY}\n  production: {database_url_env: DB, backup_url: 's3://b/q'}\n")
     several = load_settings({"ACCI_ENVIRONMENTS_FILE": str(path), "ACCI_BACKUP_SIGNING_KEY": "x" * 40})
-    assert [s.signing_key_env for s in several.environments] == ["STAGING_SIGNING_KEY", "ACCI_BACKUP_SIGNING_KEY"]
+    assert [s.backup.signing_key_env for s in several.environments] == ["STAGING_SIGNING_KEY", "ACCI_BACKUP_SIGNING_KEY"]
     path.write_text(f"environments:\n  staging: {{database_url_env: DB, backup_url: 's3://b/p', "
                     f"signing_key_env: '{TEST_SIGNING_KEY}'}}\n")
     with pytest.raises(ConfigError) as failure:
         load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)})
     assert "signing_key_env must be the NAME of an environment variable" in str(failure.value)
     assert TEST_SIGNING_KEY not in str(failure.value)
+
+
+def test_rpo_is_the_age_of_the_newest_validated_snapshot(store):
+    """One RPO for the validated asset, the restore check, drills and recovery."""
+    from acci_ops.lib.backup.records import rpo_seconds, validated_rpo_seconds
+
+    assert rpo_seconds("2026-11-27T02:00:00+00:00", NOW) == 10 * 3600
+    assert rpo_seconds(datetime(2026, 11, 27, 11, 30, tzinfo=UTC), NOW) == 1800
+    assert validated_rpo_seconds(store, "production", KEYRING, now=NOW) is None
+    key = put_backup(store, "production", date(2026, 11, 26))  # snapshot 2026-11-27T02:00:01
+    put_record(store, key, read_manifest=manifest_of(store))
+    assert validated_rpo_seconds(store, "production", KEYRING, now=NOW) == 10 * 3600 - 1
+    assert validated_rpo_seconds(store, "production", None, now=NOW) is None

@@ -1,31 +1,27 @@
 """The nightly backup asset (one per environment) and its offsite copy."""
 
 
-from datetime import date, timedelta
+from datetime import timedelta
 
 import dagster as dg
 
-from acci_ops.defs.resources import AcciEnvironment, resource_key
+from acci_ops.defs._shared import (
+    asset_key,
+    daily_partitions,
+    keyring_or_warn,
+    partition_day,
+    resource_key,
+    run_step,
+    section_resource,
+)
+from acci_ops.defs.backups.resources import AcciEnvironment
 from acci_ops.lib.backup.dump import BackupResult, run_backup
 from acci_ops.lib.backup.inventory import copy_backup, list_backups
-from acci_ops.lib.backup.signing import NO_KEY_WARNING, Keyring
-from acci_ops.lib.core.errors import AcciOpsError, TransientError
+from acci_ops.lib.core.errors import AcciOpsError
 from acci_ops.settings import EnvironmentSpec, Settings
 
 BACKUP_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
-MAX_TRANSIENT_RETRIES = 3
-
-
-def backup_asset_key(spec: EnvironmentSpec, settings: Settings) -> dg.AssetKey:
-    return dg.AssetKey([spec.name, "db_backup"]) if settings.several else dg.AssetKey("db_backup")
-
-
-def offsite_asset_key(spec: EnvironmentSpec, settings: Settings) -> dg.AssetKey:
-    return dg.AssetKey([spec.name, "db_backup_offsite"]) if settings.several else dg.AssetKey("db_backup_offsite")
-
-
-def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
-    return dg.DailyPartitionsDefinition(start_date=settings.start_date.isoformat(), timezone=settings.timezone)
+GROUP = "backups"  # nightly_backup materializes this group: backup, validated and offsite assets
 
 
 def backup_metadata(result: BackupResult) -> dict[str, object]:
@@ -49,46 +45,12 @@ def backup_metadata(result: BackupResult) -> dict[str, object]:
     }
 
 
-def run_step(context: dg.AssetExecutionContext, action):  # noqa: ANN001, ANN201
-    """Turn lib errors into Dagster outcomes: transient ones retry with backoff, the rest fail
-    with their one-line cause (and no chained traceback that could carry connection details)."""
-    try:
-        return action()
-    except TransientError as exc:
-        if context.retry_number < MAX_TRANSIENT_RETRIES:
-            wait = 30 * 2**context.retry_number
-            context.log.warning(f"transient failure, retrying in {wait} s: {exc}")
-            raise dg.RetryRequested(max_retries=MAX_TRANSIENT_RETRIES, seconds_to_wait=wait) from None
-        raise dg.Failure(description=str(exc)) from None
-    except AcciOpsError as exc:
-        raise dg.Failure(description=str(exc)) from None
-
-
-_WARNED_RUNS: set[str] = set()
-
-
-def keyring_or_warn(context: dg.OpExecutionContext, env: AcciEnvironment) -> Keyring | None:
-    """The environment's signing keys; without any, warn once per run (per process) that nothing
-    can be authenticated, and let the callers take the secure default."""
-    try:
-        keyring = env.keyring()
-    except AcciOpsError as exc:
-        raise dg.Failure(description=str(exc)) from None
-    run_id = context.run.run_id
-    if keyring is None and run_id not in _WARNED_RUNS:
-        _WARNED_RUNS.add(run_id)
-        context.log.warning(NO_KEY_WARNING)
-    return keyring
-
-
 def build_backup_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDefinition:
-    key = resource_key(spec.name)
-
     @dg.asset(
-        key=backup_asset_key(spec, settings),
+        key=asset_key(settings, spec.name, "db_backup"),
         partitions_def=daily_partitions(settings),
-        required_resource_keys={key},
-        group_name="backups",
+        required_resource_keys={resource_key("backup", spec.name)},
+        group_name=GROUP,
         pool=f"acci_backup_{spec.name}",
         freshness_policy=BACKUP_FRESHNESS,
         kinds={"postgres", "s3"},
@@ -101,11 +63,10 @@ def build_backup_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDe
         ),
     )
     def db_backup(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        env: AcciEnvironment = getattr(context.resources, key)
-        partition = date.fromisoformat(context.partition_key)
+        env: AcciEnvironment = section_resource(context, "backup", spec.name)
         keyring = keyring_or_warn(context, env)
         result = run_step(context, lambda: run_backup(
-            environment=spec.name, target=env.target(), store=env.store(), partition=partition,
+            environment=spec.name, target=env.target(), store=env.store(), partition=partition_day(context),
             settings=env.backup_settings(), log=context.log.info, keyring=keyring,
         ))
         return dg.MaterializeResult(metadata={**backup_metadata(result), "signed": keyring is not None})
@@ -114,14 +75,12 @@ def build_backup_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDe
 
 
 def build_offsite_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDefinition:
-    key = resource_key(spec.name)
-
     @dg.asset(
-        key=offsite_asset_key(spec, settings),
-        deps=[backup_asset_key(spec, settings)],
+        key=asset_key(settings, spec.name, "db_backup_offsite"),
+        deps=[asset_key(settings, spec.name, "db_backup")],
         partitions_def=daily_partitions(settings),
-        required_resource_keys={key},
-        group_name="backups",
+        required_resource_keys={resource_key("backup", spec.name)},
+        group_name=GROUP,
         kinds={"s3"},
         tags={"acci/environment": spec.name},
         description=(
@@ -132,8 +91,8 @@ def build_offsite_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsD
         ),
     )
     def db_backup_offsite(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        env: AcciEnvironment = getattr(context.resources, key)
-        day = date.fromisoformat(context.partition_key)
+        env: AcciEnvironment = section_resource(context, "backup", spec.name)
+        day = partition_day(context)
 
         def copy():  # noqa: ANN202
             source, destination = env.store(), env.offsite_store()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dagster as dg
 
+from acci_ops.defs.backups.assets import GROUP
 from acci_ops.settings import Settings
 
+RUNTIME_MARGIN_SECONDS = 600  # the run outlives pg_dump's own limit by this much
 
-def build_nightly_backup_job(asset_keys: list[dg.AssetKey], max_runtime: int):  # noqa: ANN201
+
+def build_nightly_backup_job(settings: Settings):  # noqa: ANN201 - an unresolved asset job (not a public type)
+    max_runtime = max(spec.backup.max_runtime_seconds for spec in settings.environments) + RUNTIME_MARGIN_SECONDS
     return dg.define_asset_job(
         name="nightly_backup",
-        selection=dg.AssetSelection.assets(*asset_keys),
+        selection=dg.AssetSelection.groups(GROUP),
         description=(
             "Backs up every environment's ACCI database to object storage and copies it offsite where "
             "configured. One backup per environment at a time (pools); stopped after the maximum runtime."
@@ -19,7 +23,7 @@ def build_nightly_backup_job(asset_keys: list[dg.AssetKey], max_runtime: int):  
     )
 
 
-def build_nightly_backup_schedule(job, settings: Settings) -> dg.ScheduleDefinition:  # noqa: ANN001
+def build_nightly_backup_schedule(job, settings: Settings) -> dg.ScheduleDefinition:  # noqa: ANN001 - an unresolved asset job
     return dg.build_schedule_from_partitioned_job(
         job,
         name="nightly_backup_schedule",
@@ -34,7 +38,7 @@ def build_nightly_backup_schedule(job, settings: Settings) -> dg.ScheduleDefinit
     )
 
 
-def build_retention_schedule(job, settings: Settings) -> dg.ScheduleDefinition:  # noqa: ANN001
+def build_retention_schedule(job: dg.JobDefinition, settings: Settings) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name="backup_retention_schedule",
         job=job,

@@ -4,13 +4,9 @@
 import dagster as dg
 from pydantic import Field
 
-from acci_ops.defs.backups.assets import keyring_or_warn
-from acci_ops.defs.resources import AcciEnvironment, resource_key
-from acci_ops.lib.backup.inventory import delete_backup, plan_store_retention
-from acci_ops.lib.backup.retention import RetentionPlan, RetentionPolicy, untrusted_count
-from acci_ops.lib.backup.signing import Keyring
-from acci_ops.lib.core.errors import AcciOpsError
-from acci_ops.lib.storage.objectstore import ObjectStore
+from acci_ops.defs._shared import engine_errors, keyring_or_warn, resource_keys, section_resource
+from acci_ops.defs.backups.resources import AcciEnvironment
+from acci_ops.lib.backup.retention import apply_retention
 from acci_ops.settings import Settings
 
 
@@ -18,51 +14,31 @@ class RetentionConfig(dg.Config):
     dry_run: bool = Field(default=False, description="List what would be deleted and delete nothing.")
 
 
-def apply_retention(store: ObjectStore, environment: str, policy: RetentionPolicy, *, dry_run: bool,
-                    log, keyring: Keyring | None) -> tuple[RetentionPlan, list[str]]:  # noqa: ANN001
-    """Plan and (unless dry-run) delete for one store; returns the plan and orphans removed.
-    Only backups signed by this acci_ops are ranked and deleted (lib/backups.plan_store_retention)."""
-    plan, orphans = plan_store_retention(store, environment, policy, keyring)
-    verb = "would delete" if dry_run else "deleting"
-    for key in plan.delete:
-        log(f"{verb} {store.uri_for(key)}")
-        if not dry_run:
-            delete_backup(store, key)
-    for orphan in orphans:
-        log(f"{verb} manifest without dump {store.uri_for(orphan)}")
-        if not dry_run:
-            store.delete(orphan)
-    return plan, orphans
-
-
 def build_retention_job(settings: Settings) -> dg.JobDefinition:
-    keys = {resource_key(spec.name) for spec in settings.environments}
-
-    @dg.op(required_resource_keys=keys, description="Apply the GFS policy to every environment's stores.")
+    @dg.op(required_resource_keys=resource_keys(settings.environments, "backup"),
+           description="Apply the GFS policy to every environment's stores.")
     def apply_backup_retention(context: dg.OpExecutionContext, config: RetentionConfig) -> dg.Output:
         rows, metadata = [], {}
         for spec in settings.environments:
-            env: AcciEnvironment = getattr(context.resources, resource_key(spec.name))
+            env: AcciEnvironment = section_resource(context, "backup", spec.name)
             keyring = keyring_or_warn(context, env)
             stores = [("primary", env.store())]
-            if env.offsite_url:
+            if env.offsite is not None:
                 stores.append(("offsite", env.offsite_store()))
             for label, store in stores:
-                try:
-                    plan, orphans = apply_retention(store, spec.name, spec.retention, dry_run=config.dry_run,
-                                                    log=context.log.info, keyring=keyring)
-                except AcciOpsError as exc:
-                    raise dg.Failure(description=f"retention of {spec.name} {label}: {exc}") from None
+                with engine_errors(f"retention of {spec.name} {label}: "):
+                    result = apply_retention(store, spec.name, spec.backup.retention, keyring,
+                                             dry_run=config.dry_run, log=context.log.info)
+                plan = result.plan
                 context.log.info(f"{spec.name} {label} ({store.url}): {plan.summary()}")
-                untrusted = untrusted_count(plan)
-                if untrusted and keyring is not None:
+                if result.untrusted and keyring is not None:
                     context.log.warning(
-                        f"{untrusted} backup(s) in {store.url} are not signed by this acci_ops (unsigned, badly "
-                        "signed, inconsistent or dated in the future): kept, never ranked or chosen by DR; see the "
-                        "plan's reasons")
+                        f"{result.untrusted} backup(s) in {store.url} are not signed by this acci_ops (unsigned, "
+                        "badly signed, inconsistent or dated in the future): kept, never ranked or chosen by DR; "
+                        "see the plan's reasons")
                 metadata[f"{spec.name}_{label}_kept"] = len(plan.keep)
                 metadata[f"{spec.name}_{label}_deleted"] = len(plan.delete)
-                metadata[f"{spec.name}_{label}_untrusted"] = untrusted
+                metadata[f"{spec.name}_{label}_untrusted"] = result.untrusted
                 rows += [f"| {spec.name} | {label} | delete | `{k}` |" for k in plan.delete]
                 rows += [f"| {spec.name} | {label} | keep ({', '.join(r)}) | `{k}` |" for k, r in plan.keep.items()]
         table = "| environment | store | decision | backup |\n|---|---|---|---|\n" + "\n".join(rows)

@@ -1,16 +1,34 @@
 """Every backup proven restorable: the blocking restore check and the validated-backup asset."""
 
-from datetime import UTC, date, datetime, timedelta
+
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from acci_ops.defs.backups.assets import backup_asset_key, daily_partitions, keyring_or_warn, run_step
-from acci_ops.defs.resources import AcciEnvironment, resource_key
+from acci_ops.defs._shared import (
+    asset_key,
+    daily_partitions,
+    keyring_or_warn,
+    partition_day,
+    resource_key,
+    run_step,
+    section_resource,
+)
+from acci_ops.defs.backups.assets import GROUP
+from acci_ops.defs.backups.resources import AcciEnvironment
+from acci_ops.defs.validation.resources import AcciValidation
 from acci_ops.lib.backup.inventory import Trust, inspect_backup, list_backups
 from acci_ops.lib.backup.layout import parse_dump_key
-from acci_ops.lib.backup.signing import NO_KEY_WARNING, Keyring
+from acci_ops.lib.backup.records import (
+    ValidationReport,
+    newest_validated,
+    rpo_seconds,
+    store_report,
+    validated_rpo_seconds,
+)
+from acci_ops.lib.backup.signing import NO_KEY_WARNING
 from acci_ops.lib.core.errors import AcciOpsError
-from acci_ops.lib.validation.validate import ValidationReport, newest_validated, store_report, validate_backup
+from acci_ops.lib.validation.validate import validate_backup
 from acci_ops.settings import EnvironmentSpec, Settings
 
 BACKUP_KEY_TAG = "acci/backup_key"
@@ -19,21 +37,11 @@ VALIDATED_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours
 
 
 def validated_asset_key(spec: EnvironmentSpec, settings: Settings) -> dg.AssetKey:
-    return dg.AssetKey([spec.name, "db_backup_validated"]) if settings.several else dg.AssetKey("db_backup_validated")
+    return asset_key(settings, spec.name, "db_backup_validated")
 
 
 def check_key(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCheckKey:
-    return dg.AssetCheckKey(backup_asset_key(spec, settings), CHECK_NAME)
-
-
-def rpo_seconds(store, environment: str, keyring: Keyring | None) -> float | None:  # noqa: ANN001
-    """Age of the newest backup known to restore (signed, with a signed passing record): the number
-    that matters when disaster strikes. None when there is none (or no key to authenticate it)."""
-    found = newest_validated(store, environment, keyring)
-    if not found:
-        return None
-    _, report = found
-    return (datetime.now(UTC) - datetime.fromisoformat(report.snapshot_at)).total_seconds()
+    return dg.AssetCheckKey(asset_key(settings, spec.name, "db_backup"), CHECK_NAME)
 
 
 def report_metadata(report: ValidationReport, rpo: float | None) -> dict[str, object]:
@@ -57,14 +65,12 @@ def report_metadata(report: ValidationReport, rpo: float | None) -> dict[str, ob
 
 
 def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetChecksDefinition:
-    key = resource_key(spec.name)
-
     @dg.asset_check(
-        asset=backup_asset_key(spec, settings),
+        asset=asset_key(settings, spec.name, "db_backup"),
         name=CHECK_NAME,
         blocking=True,
         partitions_def=daily_partitions(settings),
-        required_resource_keys={key},
+        required_resource_keys={resource_key("backup", spec.name), resource_key("validation", spec.name)},
         description=(
             "Restores the partition's newest backup into a throwaway database on the scratch server and proves it: "
             "sha256 and size against the manifest, the archive's table of contents, pg_restore stopping at the first "
@@ -74,9 +80,9 @@ def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCh
         ),
     )
     def restores_cleanly(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        env: AcciEnvironment = getattr(context.resources, key)
-        day = date.fromisoformat(context.partition_key)
-
+        env: AcciEnvironment = section_resource(context, "backup", spec.name)
+        validation: AcciValidation = section_resource(context, "validation", spec.name)
+        day = partition_day(context)
         keyring = keyring_or_warn(context, env)
 
         def validate() -> tuple[ValidationReport, float | None, Trust | None]:
@@ -87,12 +93,13 @@ def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCh
                 if not backups:
                     raise AcciOpsError(f"no complete {spec.name} backup for {day} in {store.url} to validate")
                 backup_key = backups[-1].key
-            report = validate_backup(store=store, backup_key=backup_key, scratch=env.scratch(), environment=spec.name,
-                                     source=env.target(), settings=env.validation_settings(), log=context.log.info)
+            report = validate_backup(store=store, backup_key=backup_key, scratch=validation.scratch(),
+                                     environment=spec.name, source=env.target(),
+                                     settings=validation.settings(env.pg_bin_dir), log=context.log.info)
             store_report(store, report, keyring)
             parsed = parse_dump_key(backup_key)
             trust = inspect_backup(store, parsed, keyring) if parsed else None
-            return report, rpo_seconds(store, spec.name, keyring), trust
+            return report, validated_rpo_seconds(store, spec.name, keyring), trust
 
         report, rpo, trust = run_step(context, validate)
         if not report.ok:
@@ -112,14 +119,12 @@ def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCh
 
 
 def build_validated_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDefinition:
-    key = resource_key(spec.name)
-
     @dg.asset(
         key=validated_asset_key(spec, settings),
-        deps=[backup_asset_key(spec, settings)],
+        deps=[asset_key(settings, spec.name, "db_backup")],
         partitions_def=daily_partitions(settings),
-        required_resource_keys={key},
-        group_name="backups",
+        required_resource_keys={resource_key("backup", spec.name)},
+        group_name=GROUP,
         freshness_policy=VALIDATED_FRESHNESS,
         kinds={"postgres"},
         tags={"acci/environment": spec.name},
@@ -131,7 +136,7 @@ def build_validated_asset(spec: EnvironmentSpec, settings: Settings) -> dg.Asset
         ),
     )
     def db_backup_validated(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        env: AcciEnvironment = getattr(context.resources, key)
+        env: AcciEnvironment = section_resource(context, "backup", spec.name)
         keyring = keyring_or_warn(context, env)
         if keyring is None:
             raise dg.Failure(description=f"{NO_KEY_WARNING}; no backup can be marked validated until it is set")
@@ -149,11 +154,10 @@ def build_validated_asset(spec: EnvironmentSpec, settings: Settings) -> dg.Asset
         if trust is not None and not trust.trusted:
             context.log.warning(f"backup {trust.backup.key} is {trust.describe()}: it is not counted as validated; "
                                 f"the newest validated backup stays {backup.key}")
-        age = (datetime.now(UTC) - datetime.fromisoformat(report.snapshot_at)).total_seconds()
         return dg.MaterializeResult(metadata={
             "validated_backup_key": backup.key,
             "signed": True,
-            "rpo_hours": round(age / 3600, 3),
+            "rpo_hours": round(rpo_seconds(report.snapshot_at, datetime.now(UTC)) / 3600, 3),
             "restore_seconds": report.restore_seconds,
             "validation_seconds": report.validation_seconds,
             "snapshot_at": report.snapshot_at,

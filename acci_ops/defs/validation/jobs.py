@@ -1,19 +1,22 @@
 """Validation runs launched by the sensor, and cleanup of scratch leftovers."""
 
+
 from datetime import timedelta
 
 import dagster as dg
 
-from acci_ops.defs.resources import AcciEnvironment, resource_key
-from acci_ops.lib.core.errors import AcciOpsError
+from acci_ops.defs._shared import engine_errors, resource_keys, section_resource
+from acci_ops.defs.validation.checks import check_key, validated_asset_key
+from acci_ops.defs.validation.resources import AcciValidation
 from acci_ops.lib.postgres.scratch import drop_stale_scratch_databases
-from acci_ops.settings import Settings
+from acci_ops.settings import EnvironmentSpec, Settings
 
 
-def build_validate_job(selection: dg.AssetSelection):  # noqa: ANN201
+def build_validate_job(specs: list[EnvironmentSpec], settings: Settings):  # noqa: ANN201 - an unresolved asset job (not a public type)
     return dg.define_asset_job(
         name="validate_backup",
-        selection=selection,
+        selection=(dg.AssetSelection.checks(*(check_key(s, settings) for s in specs))
+                   | dg.AssetSelection.assets(*(validated_asset_key(s, settings) for s in specs))),
         description=(
             "Restores one backup into a scratch database and checks it (the restores_cleanly check), then records "
             "the newest validated backup. Launched by backup_validation_sensor for every backup that lands."
@@ -22,20 +25,15 @@ def build_validate_job(selection: dg.AssetSelection):  # noqa: ANN201
     )
 
 
-def build_scratch_cleanup_job(settings: Settings) -> dg.JobDefinition:
-    keys = {resource_key(spec.name) for spec in settings.environments if spec.validates}
-
-    @dg.op(required_resource_keys=keys, description="Drop acci_scratch_* databases older than a day.")
+def build_scratch_cleanup_job(specs: list[EnvironmentSpec]) -> dg.JobDefinition:
+    @dg.op(required_resource_keys=resource_keys(specs, "validation"),
+           description="Drop acci_scratch_* databases older than a day.")
     def drop_stale_scratch(context: dg.OpExecutionContext) -> dg.Output:
         dropped: list[str] = []
-        for spec in settings.environments:
-            if not spec.validates:
-                continue
-            env: AcciEnvironment = getattr(context.resources, resource_key(spec.name))
-            try:
-                names = drop_stale_scratch_databases(env.scratch(), timedelta(days=1))
-            except AcciOpsError as exc:
-                raise dg.Failure(description=f"scratch cleanup of {spec.name}: {exc}") from None
+        for spec in specs:
+            validation: AcciValidation = section_resource(context, "validation", spec.name)
+            with engine_errors(f"scratch cleanup of {spec.name}: "):
+                names = drop_stale_scratch_databases(validation.scratch(), timedelta(days=1))
             for name in names:
                 context.log.info(f"dropped leftover scratch database {name}")
             dropped += names
@@ -53,7 +51,7 @@ def build_scratch_cleanup_job(settings: Settings) -> dg.JobDefinition:
     return scratch_cleanup
 
 
-def build_scratch_cleanup_schedule(job, settings: Settings) -> dg.ScheduleDefinition:  # noqa: ANN001
+def build_scratch_cleanup_schedule(job: dg.JobDefinition, settings: Settings) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name="scratch_cleanup_schedule", job=job, cron_schedule="0 5 * * *", execution_timezone=settings.timezone,
         description="Every day at 05:00, drop leftover scratch databases older than a day.",

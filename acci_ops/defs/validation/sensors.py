@@ -1,17 +1,19 @@
 """Notices backups landing in the object store (ours or other tools' in our format) and validates them."""
 
+
 import json
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from acci_ops.defs.resources import resource_key
+from acci_ops.defs._shared import resource_keys, section_resource
+from acci_ops.defs.backups.resources import AcciEnvironment
 from acci_ops.defs.validation.checks import BACKUP_KEY_TAG, check_key, validated_asset_key
-from acci_ops.lib.backup.inventory import scan_new_backups
+from acci_ops.lib.backup.records import VALIDATION_SUFFIX
 from acci_ops.lib.core.errors import AcciOpsError
-from acci_ops.lib.validation.validate import VALIDATION_SUFFIX
-from acci_ops.settings import Settings
+from acci_ops.lib.validation.scan import scan_new_backups
+from acci_ops.settings import EnvironmentSpec, Settings
 
 MAX_OBJECTS_PER_TICK = 2000
 MAX_RUNS_PER_TICK = 20
@@ -25,16 +27,15 @@ def initial_cursor(environment: str, today: date) -> str:
     return f"{environment}/{(today - FIRST_LOOK_BACK).isoformat()}/"
 
 
-def build_validation_sensor(settings: Settings, job) -> dg.SensorDefinition:  # noqa: ANN001
-    specs = [spec for spec in settings.environments if spec.validates]
-    keys = {resource_key(spec.name) for spec in specs}
+def build_validation_sensor(specs: list[EnvironmentSpec], settings: Settings,
+                            job) -> dg.SensorDefinition:  # noqa: ANN001 - an unresolved asset job
 
     @dg.sensor(
         name="backup_validation_sensor",
         job=job,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys=keys,
+        required_resource_keys=resource_keys(specs, "backup"),
         description=(
             "Watches the backup stores for new manifests (a backup is complete when its manifest lands, whoever "
             "wrote it) and launches validate_backup for each one without a signed validation record. Keeps a "
@@ -55,7 +56,7 @@ def build_validation_sensor(settings: Settings, job) -> dg.SensorDefinition:  # 
         today = datetime.now(ZoneInfo(settings.timezone)).date()
         requests, notes = [], []
         for spec in specs:
-            env = getattr(context.resources, resource_key(spec.name))
+            env: AcciEnvironment = section_resource(context, "backup", spec.name)
             start = cursor.get(spec.name)
             if not isinstance(start, str) or not start.startswith(f"{spec.name}/"):
                 start = initial_cursor(spec.name, today)

@@ -1,10 +1,11 @@
 """The streaming backup pipeline: pg_dump -> zstd -> sha256 -> object store, no temp file.
 
 Shape borrowed from WAL-G (Disk -> Compress -> Network as one stream): pg_dump writes a custom
-archive with its own compression off, python-zstandard compresses it on several threads, the
-bytes are hashed as they pass, and the store uploads fixed-size parts. Memory is bounded by the
-part buffer, whatever the database size. Row counts and the dump come from one exported
-snapshot, so the manifest describes exactly what is in the archive.
+archive with its own compression off, python-zstandard compresses it (by default level 1 on one
+worker thread, which overlaps compressing with reading; see BackupSettings), the bytes are hashed
+as they pass, and the store uploads fixed-size parts. Memory is bounded by the part buffer,
+whatever the database size. Row counts and the dump come from one exported snapshot, so the
+manifest describes exactly what is in the archive.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def run_backup(*, environment: str, target: DatabaseTarget, store: ObjectStore, 
                keyring: Keyring | None = None) -> BackupResult:
     """Dump one database into ``store`` atomically and return what was written.
 
-    With a ``keyring`` the manifest is signed (lib/signing.py), which is what lets retention, DR
+    With a ``keyring`` the manifest is signed (lib/backup/signing.py), which is what lets retention, DR
     and validation tell this backup from objects anyone else with bucket access writes.
 
     Order matters for the guarantees: the store and the server are checked before pg_dump runs,

@@ -10,6 +10,7 @@ in order and retention can ignore anything that does not match this shape.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -59,3 +60,21 @@ def parse_dump_key(key: str) -> BackupKey | None:
     except ValueError:
         return None
     return BackupKey(taken, match["env"], day, match["db"], key)
+
+
+def complete_backups(keys: Iterable[str], environment: str) -> tuple[list[BackupKey], list[str]]:
+    """From a listing, the backups acci_ops wrote for ``environment`` that have their manifest,
+    and manifests left without a dump (an interrupted deletion). Everything else is ignored."""
+    key_set = set(keys)
+    complete: list[BackupKey] = []
+    for key in key_set:
+        parsed = parse_dump_key(key)
+        if parsed and parsed.environment == environment and manifest_key_for(key) in key_set:
+            complete.append(parsed)
+    orphans = sorted(
+        k for k in key_set
+        if k.endswith(MANIFEST_SUFFIX) and parse_dump_key(k.removesuffix(MANIFEST_SUFFIX))
+        and k.removesuffix(MANIFEST_SUFFIX) not in key_set
+        and k.startswith(f"{environment}/")
+    )
+    return sorted(complete), orphans

@@ -148,7 +148,7 @@ class BackupManifest:
     dump_format: str = "pg_dump-custom"
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
-    signature: str | None = None  # HMAC over the other fields (lib/signing.py); None: unsigned
+    signature: str | None = None  # HMAC over the other fields (lib/backup/signing.py); None: unsigned
 
     def payload(self) -> dict[str, Any]:
         """Every field but the signature: what is signed."""
@@ -168,7 +168,7 @@ class BackupManifest:
     @classmethod
     def from_json(cls, data: bytes, *, where: str = "manifest") -> BackupManifest:
         """Parse and check a manifest strictly; a foreign or damaged one gives a one-line reason
-        naming ``where``. The signature is carried, not checked (see lib/signing.py)."""
+        naming ``where``. The signature is carried, not checked (see lib/backup/signing.py)."""
         known = set(cls.__dataclass_fields__)
         optional = {"objects", "compression", "dump_format", "signature"}
         raw = check_shape(parse_json(data, where), where, FORMAT, FORMAT_VERSION, known, known - optional,

@@ -1,7 +1,11 @@
 """Restoring a backup archive with pg_restore: from a local file in parallel, or streamed.
 
 Shared by validation (into a scratch database), DR drills (into the drill's database) and
-on-call disaster recovery (into the environment's database), so all three exercise the same path.
+on-call disaster recovery (into the environment's database), so all three exercise the same path:
+``choose_mode`` (parallel from a local file when it fits the disk, else streamed),
+``fetch_for_restore`` (one capped read, checked against the manifest by ``Archive.verify``),
+``restore_argv``/``Archive.restore_into`` (pg_restore stopping at the first error), and
+``compare_contents`` (the restored database against the manifest).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from acci_ops.lib.postgres.urls import DatabaseTarget
 from acci_ops.lib.storage.objectstore import MiB, ObjectStore
 
 Log = Callable[[str], None]
+PG_RESTORE_HINT = "install postgresql-client-15 or set ACCI_PG_BIN"
 
 
 class _CappedSink:
@@ -225,6 +230,109 @@ def fetch_archive(store: ObjectStore, key: str, *, to_dir: str | None, max_outpu
     return Fetched(local, digest, size, error)
 
 
+def find_pg_restore(pg_bin_dir: str | None = None) -> str:
+    """The pg_restore to use (ACCI_PG_BIN's, else PATH's or Debian's newest); one line if missing."""
+    return find_pg_tool("pg_restore", pg_bin_dir, hint=PG_RESTORE_HINT)
+
+
+def choose_mode(requested: str, manifest: BackupManifest, work_dir: str | None,
+                reserve_bytes: int) -> tuple[str, str]:
+    """The restore mode and the directory for the local file.
+
+    ``pg_restore -j`` needs a seekable file, so ``parallel`` decompresses the archive to
+    ``work_dir`` first; it must fit with ``reserve_bytes`` to spare. ``auto`` takes parallel when
+    it fits and streams (one job, nothing on disk) otherwise; ``parallel`` that does not fit is a
+    one-line error rather than a full disk; ``stream`` always streams."""
+    work = work_dir or tempfile.gettempdir()
+    Path(work).mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(work).free
+    need = manifest.dump_bytes + reserve_bytes
+    fits = free >= need
+    if requested == "parallel" and not fits:
+        raise BackupError(f"not enough free disk in {work} for a parallel restore: need "
+                          f"{need / 1e6:.0f} MB, {free / 1e6:.0f} MB free (or set the mode to stream)")
+    mode = "parallel" if requested == "parallel" or (requested == "auto" and fits) else "stream"
+    return mode, work
+
+
+def restore_argv(pg_restore: str, dbname: str, *, mode: str, jobs: int) -> list[str]:
+    """pg_restore into an existing, new database, stopping at the first error. Deliberately no
+    ``--clean`` (a failure midway must never half-drop a database) and no owners or privileges
+    (the archive's roles need not exist where it is restored). The archive is added by Archive.run."""
+    argv = [pg_restore, "--exit-on-error", "--no-owner", "--no-privileges", "--dbname", dbname]
+    if mode == "parallel":
+        argv += ["--jobs", str(jobs)]
+    return argv
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A backup read once from the store, ready for pg_restore: in parallel mode decompressed to a
+    local file (which ``remove`` deletes), in stream mode read again from the store on each run."""
+
+    store: ObjectStore
+    key: str
+    manifest: BackupManifest
+    mode: str
+    fetched: Fetched
+
+    @property
+    def local_file(self) -> Path | None:
+        return self.fetched.local_file
+
+    def verify(self) -> None:
+        """The object is exactly what the manifest describes, and decompresses (one-line BackupError)."""
+        self.fetched.check(self.manifest)
+
+    def run(self, argv: list[str], env: dict[str, str], *, timeout: float, log: Log) -> tuple[int, list[str]]:
+        """Run a pg_restore command line on this archive: the local file's path is appended in
+        parallel mode; in stream mode the decompressed object is fed on stdin, capped by the manifest."""
+        if self.local_file is not None:
+            return pg_restore_run([*argv, str(self.local_file)], env, store=None, key=None, timeout=timeout, log=log)
+        return pg_restore_run(argv, env, store=self.store, key=self.key, timeout=timeout, log=log,
+                              max_output=self.manifest.dump_bytes)
+
+    def restore_into(self, pg_restore: str, target: DatabaseTarget, *, jobs: int, timeout: float,
+                     log: Log) -> tuple[int, list[str]]:
+        """pg_restore this archive into ``target`` (see restore_argv); returns the exit code and output."""
+        argv = restore_argv(pg_restore, target.dbname, mode=self.mode, jobs=jobs)
+        return self.run(argv, target.libpq_env(), timeout=timeout, log=log)
+
+    def remove(self) -> None:
+        if self.local_file is not None:
+            self.local_file.unlink(missing_ok=True)
+
+
+def fetch_for_restore(store: ObjectStore, key: str, manifest: BackupManifest, *, mode: str,
+                      work_dir: str) -> Archive:
+    """Read the object once, hashing it (and, in parallel mode, decompressing it into ``work_dir``),
+    capped by what the manifest declares since the manifest comes from the bucket. Call
+    ``verify`` before restoring and ``remove`` when done."""
+    fetched = fetch_archive(store, key, to_dir=work_dir if mode == "parallel" else None,
+                            max_output=manifest.dump_bytes, max_input=manifest.stored_bytes)
+    return Archive(store, key, manifest, mode, fetched)
+
+
+def compare_contents(manifest: BackupManifest, counts: dict[str, int], objects: dict[str, list[str]]) -> None:
+    """Raise one line naming what a restored database lacks against the manifest (shared by
+    validation and DR, so both prove a restore the same way)."""
+    problems = []
+    for kind, expected in sorted(manifest.objects.items()):
+        got = set(objects.get(kind, []))
+        missing, extra = sorted(set(expected) - got), sorted(got - set(expected))
+        if missing:
+            problems.append(f"missing {kind}: {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
+        if extra:
+            problems.append(f"unexpected {kind}: {', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}")
+    wrong = [f"{t} has {counts.get(t)} rows, manifest {n}" for t, n in sorted(manifest.row_counts.items())
+             if counts.get(t) != n]
+    if wrong:
+        more = f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        problems.append("row counts differ: " + "; ".join(wrong[:3]) + more)
+    if problems:
+        raise BackupError("; ".join(problems))
+
+
 @dataclass(frozen=True)
 class RestoreResult:
     manifest: BackupManifest
@@ -239,32 +347,20 @@ def restore_backup(store: ObjectStore, backup_key: str, target: DatabaseTarget, 
     be new: there is deliberately no ``--clean``, a failure midway must never half-drop a live
     database). Parallel from a local file when it fits the disk, streamed otherwise; pg_restore
     stops at the first error."""
-    pg_restore = find_pg_tool("pg_restore", pg_bin_dir, hint="install postgresql-client-15 or set ACCI_PG_BIN")
+    pg_restore = find_pg_restore(pg_bin_dir)
     manifest = read_manifest(store, backup_key)
-    work = work_dir or tempfile.gettempdir()
-    fits = shutil.disk_usage(work).free >= manifest.dump_bytes + reserve_bytes
-    mode = "parallel" if fits else "stream"
+    mode, work = choose_mode("auto", manifest, work_dir, reserve_bytes)
     started = time.monotonic()
-    # The manifest comes from the bucket: cap what is read and decompressed by what it declares.
-    fetched = fetch_archive(store, backup_key, to_dir=work if fits else None,
-                            max_output=manifest.dump_bytes, max_input=manifest.stored_bytes)
-    local = fetched.local_file
+    archive = fetch_for_restore(store, backup_key, manifest, mode=mode, work_dir=work)
     try:
         try:
-            fetched.check(manifest)
+            archive.verify()
         except BackupError as exc:
             raise BackupError(f"{store.uri_for(backup_key)}: {exc}; not restoring") from None
-        argv = [pg_restore, "--exit-on-error", "--no-owner", "--no-privileges", "--dbname", target.dbname]
-        source = dict(store=None, key=None)
-        if local is not None:
-            argv += ["--jobs", str(jobs), str(local)]
-        else:
-            source = dict(store=store, key=backup_key, max_output=manifest.dump_bytes)
         log(f"restoring {store.uri_for(backup_key)} into {target.describe()} ({mode})")
-        rc, lines = pg_restore_run(argv, target.libpq_env(), timeout=timeout, log=log, **source)
+        rc, lines = archive.restore_into(pg_restore, target, jobs=jobs, timeout=timeout, log=log)
         if rc != 0:
             raise BackupError(f"pg_restore into {target.describe()} stopped at the first error: {first_error(lines)}")
     finally:
-        if local is not None:
-            local.unlink(missing_ok=True)
+        archive.remove()
     return RestoreResult(manifest, mode, round(time.monotonic() - started, 3))

@@ -5,20 +5,31 @@ For each tier (daily, weekly, monthly) the newest backup of each of the most rec
 eat into what is kept. The newest backup, and any protected one (for example the newest
 validated), are always kept, whatever the policy says.
 
-Only backups acci_ops trusts take part in the ranking (lib/backups.py decides, from signed
-manifests); everything else is passed in as ``untrusted`` and always kept, with its reason, so
+Only backups acci_ops trusts take part in the ranking (lib/backup/inventory.py decides, from
+signed manifests); everything else is passed in as ``untrusted`` and always kept, with its reason, so
 keys a bucket writer adds (future-dated, unsigned) can neither push real backups out of the
 policy's window nor be deleted by it.
+
+``apply_retention`` is the whole pass for one store (plan, delete, remove orphan manifests, or
+only log in a dry run); the Dagster op only loops over environments and stores and reports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
-from acci_ops.lib.backup.layout import BackupKey, manifest_key_for, parse_dump_key
-from acci_ops.lib.core.errors import ConfigError
+from acci_ops.lib.backup import signing
+from acci_ops.lib.backup.inventory import inspect_backup
+from acci_ops.lib.backup.layout import BackupKey, complete_backups, manifest_key_for
+from acci_ops.lib.backup.manifest import MAX_MANIFEST_BYTES, BackupManifest
+from acci_ops.lib.backup.records import newest_validated
+from acci_ops.lib.backup.signing import Keyring
+from acci_ops.lib.core.errors import BackupError, ConfigError
+from acci_ops.lib.storage.objectstore import ObjectStore
+
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -93,19 +104,80 @@ def untrusted_count(plan: RetentionPlan, trusted_reasons: Collection[str] = ("ne
     return sum(1 for reasons in plan.keep.values() if not set(reasons) & set(trusted_reasons))
 
 
-def complete_backups(keys: Iterable[str], environment: str) -> tuple[list[BackupKey], list[str]]:
-    """From a listing, the backups acci_ops wrote for ``environment`` that have their manifest,
-    and manifests left without a dump (an interrupted deletion). Everything else is ignored."""
-    key_set = set(keys)
-    complete: list[BackupKey] = []
-    for key in key_set:
-        parsed = parse_dump_key(key)
-        if parsed and parsed.environment == environment and manifest_key_for(key) in key_set:
-            complete.append(parsed)
-    orphans = sorted(
-        k for k in key_set
-        if k.endswith(".manifest.json") and parse_dump_key(k.removesuffix(".manifest.json"))
-        and k.removesuffix(".manifest.json") not in key_set
-        and k.startswith(f"{environment}/")
-    )
-    return sorted(complete), orphans
+def plan_store_retention(store: ObjectStore, environment: str, policy: RetentionPolicy, keyring: Keyring | None,
+                         *, now: datetime | None = None, protect: Collection[str] = ()
+                         ) -> tuple[RetentionPlan, list[str]]:
+    """Plan retention for one store: only trusted backups are ranked (by snapshot time) and may be
+    deleted; the newest validated one is protected; everything else is kept with its reason.
+
+    Cost: one listing of the environment, one bounded manifest read per complete backup, plus the
+    validation records newest_validated reads. Returns the plan and the orphan manifests (manifest
+    without dump, acci_ops-signed) that may be removed. Deletes nothing (see apply_retention)."""
+    now = now or datetime.now(UTC)
+    keys = [o.key for o in store.list(f"{environment}/")]
+    backups, orphans = complete_backups(keys, environment)
+    inspected = [inspect_backup(store, backup, keyring, now=now) for backup in backups]
+    trusted = [t for t in inspected if t.trusted]
+    untrusted = {t.backup.key: t.reason for t in inspected if not t.trusted}
+    protected = set(protect)
+    if keyring is not None:
+        validated = newest_validated(store, environment, keyring, now=now)
+        if validated:
+            # The newest backup known to restore is what DR would use: never delete it.
+            protected.add(validated[0].key)
+    plan = plan_retention([t.backup for t in trusted], policy, protected,
+                          snapshot_at={t.backup.key: t.snapshot_at for t in trusted}, untrusted=untrusted)
+    removable = []
+    for orphan in orphans if keyring is not None else []:
+        try:
+            manifest = BackupManifest.from_json(store.get_bytes(orphan, max_bytes=MAX_MANIFEST_BYTES),
+                                                where=store.uri_for(orphan))
+        except BackupError:
+            continue
+        if keyring.verify(manifest.document()) == signing.SIGNED:
+            removable.append(orphan)
+    return plan, removable
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    """What one retention pass decided for one store, and whether it acted on it."""
+
+    plan: RetentionPlan
+    orphans: list[str]  # acci_ops-signed manifests whose dump is gone: removed (or, dry run, would be)
+    dry_run: bool
+
+    @property
+    def untrusted(self) -> int:
+        """Kept because acci_ops cannot vouch for them (see untrusted_count)."""
+        return untrusted_count(self.plan)
+
+
+def apply_retention(store: ObjectStore, environment: str, policy: RetentionPolicy, keyring: Keyring | None, *,
+                    dry_run: bool = False, log: Log = print, now: datetime | None = None) -> RetentionResult:
+    """Retention for one store, end to end: plan (plan_store_retention), then, unless ``dry_run``,
+    delete what the plan deletes and the signed manifests left without a dump. Every deletion (or,
+    in a dry run, every deletion that would happen) is logged with the object's URI. Without a
+    signing key nothing is trusted, so nothing is deleted."""
+    plan, orphans = plan_store_retention(store, environment, policy, keyring, now=now)
+    verb = "would delete" if dry_run else "deleting"
+    for key in plan.delete:
+        log(f"{verb} {store.uri_for(key)}")
+        if not dry_run:
+            delete_backup(store, key)
+    for orphan in orphans:
+        log(f"{verb} manifest without dump {store.uri_for(orphan)}")
+        if not dry_run:
+            store.delete(orphan)
+    return RetentionResult(plan, orphans, dry_run)
+
+
+def delete_backup(store: ObjectStore, backup_key: str) -> None:
+    """Remove a dump, its sidecars, then its manifest: an interruption leaves at worst a manifest
+    without a dump, which retention recognises and removes on its next run."""
+    store.delete(backup_key)
+    manifest = manifest_key_for(backup_key)
+    for item in store.list(backup_key + "."):
+        if item.key != manifest:
+            store.delete(item.key)
+    store.delete(manifest)

@@ -1,7 +1,10 @@
 """Run external tools as argv lists with explicit env and timeouts, never through a shell.
 
 Output is streamed line by line to a callback (the Dagster compute log, in practice) and every
-call is timed. Secrets travel in ``env`` only; the argv is safe to log as-is.
+call is timed. A child's environment is an allow-list (``child_env``), not a copy of acci_ops's:
+it inherits only harmless names plus what its tool needs, and a secret reaches it only when the
+call passes it on purpose in ``env`` (a PG tool's own PGPASSWORD), never in argv, so the argv is
+safe to log as-is.
 """
 
 from __future__ import annotations
@@ -145,7 +148,9 @@ def run_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, ti
                 stdin_file: str | None = None, allow_env: Iterable[str] = ()) -> CommandResult:
     """Run a tool to completion, streaming its merged output; raise ``CommandFailed`` on non-zero.
 
-    The tool's environment is ``child_env(env, allow=allow_env)``: never the parent's secrets."""
+    The tool's environment is ``child_env(env, allow=allow_env)``: the allow-listed names of this
+    process's environment plus ``env``; none of this process's other variables (its secrets among
+    them) unless an operator lists them in ACCI_CHILD_ENV_ALLOW."""
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=20)
     stdin = open(stdin_file, "rb") if stdin_file else subprocess.DEVNULL

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from acci_ops.lib.backup.inventory import inspect_backup, read_manifest
 from acci_ops.lib.backup.layout import manifest_key_for, parse_dump_key
 from acci_ops.lib.backup.manifest import BackupManifest
+from acci_ops.lib.backup.records import newest_validated, read_record, record_problem, rpo_seconds, validation_key_for
 from acci_ops.lib.backup.restore import restore_backup
 from acci_ops.lib.backup.signing import NO_KEY_WARNING, Keyring
 from acci_ops.lib.core.errors import AcciOpsError, BackupError, ConfigError
@@ -30,7 +31,6 @@ from acci_ops.lib.platform.backends import AppRuntime, Platform
 from acci_ops.lib.postgres.scratch import create_scratch_database, drop_scratch_database, new_scratch_name
 from acci_ops.lib.postgres.urls import DatabaseTarget
 from acci_ops.lib.storage.objectstore import ObjectStore
-from acci_ops.lib.validation.validate import newest_validated, read_record, record_problem, validation_key_for
 
 Log = Callable[[str], None]
 DRILL_STEPS = ("database", "infrastructure", "restore", "cache", "verify")
@@ -39,8 +39,49 @@ RECOVERY_STEPS = ("infrastructure", "restore", "switch", "cache", "verify")
 
 @dataclass(frozen=True)
 class Targets:
+    """The RTO and RPO a drill must meet (a drill that misses one fails, naming it)."""
+
     rto_seconds: float = 30 * 60
     rpo_seconds: float = 26 * 3600
+
+
+@dataclass(frozen=True)
+class DrillRequest:
+    """What a drill rehearses and how it is judged. ``store`` and ``platform`` are passed beside it:
+    they are live clients (the platform holds the app it started), this is only data. It carries
+    credentials (the scratch target's password, the Redis URLs): its repr shows none of them."""
+
+    environment: str
+    backup_key: str
+    database: str  # the environment's production database name: the backup must be one of its backups
+    scratch: DatabaseTarget  # the server the drill's own database is created on (and dropped from)
+    drill_redis_url: str = field(repr=False)  # flushed before and after: never production's
+    production_redis_url: str | None = field(repr=False)  # to prove the drill's is another one
+    required_metrics: Sequence[str] = ()
+    targets: Targets = Targets()
+    health_deadline: float = 300
+    production_redis_variable: str = "ACCI_REDIS_URL"  # where production's Redis is set, for messages
+    scratch_allow_superuser: bool = False  # a superuser scratch role lets a crafted archive run commands
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "required_metrics", tuple(self.required_metrics))
+
+
+@dataclass(frozen=True)
+class RecoveryRequest:
+    """What an on-call recovery restores and where; the platform (None: skip the infrastructure
+    step) and the store are passed beside it. Its repr shows no credential."""
+
+    environment: str
+    backup_key: str
+    database: DatabaseTarget  # the environment's live database: restored beside it, then switched in
+    redis_url: str = field(repr=False)  # the environment's Redis, flushed after the switch
+    app_url: str | None = None  # where to verify when the platform does not say (skip_infrastructure)
+    required_metrics: Sequence[str] = ()
+    health_deadline: float = 600
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "required_metrics", tuple(self.required_metrics))
 
 
 @dataclass
@@ -178,7 +219,7 @@ def _restore(report: ProcedureReport, store: ObjectStore, target: DatabaseTarget
     objects); the RPO is the procedure's start minus the backup's snapshot."""
     restored = restore_backup(store, report.backup_key, target, log=log)
     report.snapshot_at = restored.manifest.snapshot_at
-    report.rpo_seconds = round((start - datetime.fromisoformat(restored.manifest.snapshot_at)).total_seconds(), 1)
+    report.rpo_seconds = round(rpo_seconds(restored.manifest.snapshot_at, start), 1)
     verified = dbswitch.verify_against_manifest(target, restored.manifest)
     step.detail = (f"{restored.manifest.total_rows} rows into {target.describe()} ({restored.mode}) "
                    f"in {restored.seconds:.1f} s; {verified}")
@@ -202,64 +243,49 @@ def _finish(report: ProcedureReport, recorder: StepRecorder, targets: Targets | 
     report.finished_at = datetime.now(UTC).isoformat()
 
 
-def run_drill(
-    *,
-    environment: str,
-    store: ObjectStore,
-    backup_key: str,
-    scratch: DatabaseTarget,
-    platform: Platform,
-    drill_redis_url: str,
-    production_redis_url: str | None,
-    database: str,
-    required_metrics: Sequence[str] = (),
-    targets: Targets = Targets(),
-    health_deadline: float = 300,
-    production_redis_variable: str = "ACCI_REDIS_URL",
-    scratch_allow_superuser: bool = False,
-    log: Log = print,
-) -> ProcedureReport:
+def run_drill(request: DrillRequest, *, store: ObjectStore, platform: Platform, log: Log = print) -> ProcedureReport:
     """An isolated rehearsal; everything it created is removed at the end, pass or fail.
 
-    ``database`` is the drilled environment's production database name: the backup must be one
-    of its backups. The drill's Redis must provably not be production's (``production_redis_url``
+    ``request.database`` is the drilled environment's production database name: the backup must be
+    one of its backups. The drill's Redis must provably not be production's (``production_redis_url``
     is required, and both servers are asked who they are)."""
     start = datetime.now(UTC)
     t0 = time.monotonic()
     report = ProcedureReport(
         "drill",
-        environment,
-        backup_key,
+        request.environment,
+        request.backup_key,
         platform.describe(),
         started_at=start.isoformat(),
-        rto_target_seconds=targets.rto_seconds,
-        rpo_target_seconds=targets.rpo_seconds,
+        rto_target_seconds=request.targets.rto_seconds,
+        rpo_target_seconds=request.targets.rpo_seconds,
     )
     recorder = StepRecorder(report.steps, log, "drill step")
+    scratch, drill_redis, production_redis = request.scratch, request.drill_redis_url, request.production_redis_url
     scratch_name: str | None = None
     platform_up = False
     try:
-        refuse_foreign_backup(store, backup_key, environment=environment, database=database)
-        cache.drill_flush_mode(drill_redis_url, production_redis_url, variable=production_redis_variable)
+        refuse_foreign_backup(store, request.backup_key, environment=request.environment, database=request.database)
+        cache.drill_flush_mode(drill_redis, production_redis, variable=request.production_redis_variable)
         with recorder.step("database") as step:
             name = new_scratch_name()
-            create_scratch_database(scratch, name, allow_superuser=scratch_allow_superuser)
+            create_scratch_database(scratch, name, allow_superuser=request.scratch_allow_superuser)
             scratch_name = name
             step.detail = f"created {name} on {scratch.host}:{scratch.port}"
         target = scratch.with_dbname(scratch_name)
         with recorder.step("infrastructure") as step:
             platform_up = True
-            base_url = platform.up(AppRuntime(target, drill_redis_url), log)
+            base_url = platform.up(AppRuntime(target, drill_redis), log)
             step.detail = f"{platform.describe()} at {base_url}"
         with recorder.step("restore") as step:
             _restore(report, store, target, start, step, log=log)
         with recorder.step("cache") as step:
             step.detail = (
-                cache.flush(drill_redis_url, everything=True, protect=production_redis_url)
-                + f" on {cache.describe(drill_redis_url)}"
+                cache.flush(drill_redis, everything=True, protect=production_redis)
+                + f" on {cache.describe(drill_redis)}"
             )
         with recorder.step("verify") as step:
-            _verify(report, base_url, required_metrics, health_deadline, step, log)
+            _verify(report, base_url, request.required_metrics, request.health_deadline, step, log)
             report.rto_seconds = round(time.monotonic() - t0, 1)
     except StepFailed:
         recorder.skip_rest(DRILL_STEPS, "an earlier step failed")
@@ -275,47 +301,38 @@ def run_drill(
             if scratch_name:
                 drop_scratch_database(scratch, scratch_name)
                 notes.append(f"dropped {scratch_name}")
-                cache.flush(drill_redis_url, everything=True, protect=production_redis_url)
+                cache.flush(drill_redis, everything=True, protect=production_redis)
                 notes.append("drill cache flushed")
             step.detail = ", ".join(notes) or "nothing to remove"
 
         recorder.cleanup("teardown", teardown)
-        _finish(report, recorder, targets, t0)
+        _finish(report, recorder, request.targets, t0)
     return report
 
 
-def run_recovery(
-    *,
-    environment: str,
-    store: ObjectStore,
-    backup_key: str,
-    database: DatabaseTarget,
-    platform: Platform | None,
-    redis_url: str,
-    app_url: str | None,
-    required_metrics: Sequence[str] = (),
-    health_deadline: float = 600,
-    log: Log = print,
-) -> ProcedureReport:
-    """The real thing, against the environment. Never tears anything down.
+def run_recovery(request: RecoveryRequest, *, store: ObjectStore, platform: Platform | None,
+                 log: Log = print) -> ProcedureReport:
+    """The real thing, against the environment. Never tears anything down; ``platform`` None skips
+    the infrastructure step (it is still up, only the data is restored).
 
     Production is not touched until the last moment: the backup is restored into a new database
     beside the live one and verified against its manifest, then switched in with two renames in
-    one transaction (lib/dbswitch.py); the previous database is kept as ``<db>_before_dr_<time>``.
+    one transaction (lib/dr/switch.py); the previous database is kept as ``<db>_before_dr_<time>``.
     A failure before the switch drops only the new database, so repeating DR is always safe."""
+    database = request.database
     start = datetime.now(UTC)
     t0 = time.monotonic()
     report = ProcedureReport(
         "recovery",
-        environment,
-        backup_key,
+        request.environment,
+        request.backup_key,
         platform.describe() if platform else "existing infrastructure",
         started_at=start.isoformat(),
     )
     recorder = StepRecorder(report.steps, log, "recovery step")
     try:
         try:
-            refuse_foreign_backup(store, backup_key, environment=environment, database=database.dbname)
+            refuse_foreign_backup(store, request.backup_key, environment=request.environment, database=database.dbname)
             plan = dbswitch.SwitchPlan.for_database(database.dbname, start)
             try:
                 dbswitch.preflight(database, plan, log)
@@ -327,12 +344,12 @@ def run_recovery(
             report.steps.append(StepResult("preflight", "failed", 0.0, str(exc)))
             recorder.skip_rest(RECOVERY_STEPS, "refused before anything was touched")
             return report
-        base_url = app_url
+        base_url = request.app_url
         with recorder.step("infrastructure") as step:
             if platform is None:
                 step.status, step.detail = "skipped", "skip_infrastructure was set"
             else:
-                base_url = platform.up(AppRuntime(database, redis_url), log)
+                base_url = platform.up(AppRuntime(database, request.redis_url), log)
                 step.detail = f"{platform.describe()} at {base_url}"
         with recorder.step("restore") as step:
             # Into <db>_dr_<time> beside the live database; on any failure only that copy is dropped.
@@ -347,11 +364,11 @@ def run_recovery(
                            f"{report.kept_database} (drop it once no longer needed)" if report.kept_database
                            else f"{plan.new} renamed to {plan.live} (there was no live database to keep)")
         with recorder.step("cache") as step:
-            step.detail = cache.flush(redis_url, everything=True) + f" on {cache.describe(redis_url)}"
+            step.detail = cache.flush(request.redis_url, everything=True) + f" on {cache.describe(request.redis_url)}"
         with recorder.step("verify") as step:
             if not base_url:
                 raise ConfigError("no app URL to verify; set ACCI_APP_URL")
-            _verify(report, base_url, required_metrics, health_deadline, step, log)
+            _verify(report, base_url, request.required_metrics, request.health_deadline, step, log)
             report.rto_seconds = round(time.monotonic() - t0, 1)
     except StepFailed:
         recorder.skip_rest(RECOVERY_STEPS, "an earlier step failed")

@@ -24,11 +24,11 @@ import psycopg
 from psycopg import sql
 
 from acci_ops.lib.backup.manifest import BackupManifest
+from acci_ops.lib.backup.restore import compare_contents
 from acci_ops.lib.core.errors import BackupError, ConfigError
 from acci_ops.lib.postgres import catalog
 from acci_ops.lib.postgres.connect import connect, explain_pg_error
 from acci_ops.lib.postgres.urls import DatabaseTarget
-from acci_ops.lib.validation.validate import compare_contents
 
 Log = Callable[[str], None]
 NAME_LIMIT = 63  # PostgreSQL's NAMEDATALEN - 1, in bytes

@@ -26,11 +26,11 @@ import yaml
 from acci_ops.lib.core.commands import COMPOSE_ENV, HELM_ENV, CommandResult, child_env, pump_lines, run_command
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 from acci_ops.lib.core.net import free_port
+from acci_ops.lib.platform.paths import deploy_dir
 from acci_ops.lib.postgres.urls import DatabaseTarget
 
 Log = Callable[[str], None]
 Runner = Callable[..., CommandResult]
-BACKENDS = ("local", "helm", "compose")
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class HelmPlatform(Platform):
         return f"helm release {self.release} in namespace {self.namespace}"
 
 
-DRILL_OVERLAY = Path(__file__).resolve().parents[3] / "deploy" / "compose" / "docker-compose.acci-ops.yml"
+DRILL_OVERLAY = deploy_dir() / "compose" / "docker-compose.acci-ops.yml"
 
 
 @dataclass

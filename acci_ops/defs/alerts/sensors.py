@@ -1,11 +1,8 @@
 """Failure alerts: unattended runs must not fail silently."""
 
-
-import os
-
 import dagster as dg
 
-from acci_ops.defs.resources import AlertWebhook
+from acci_ops.defs.alerts.resources import AlertWebhook
 from acci_ops.lib.core.errors import AcciOpsError
 
 WILL_RETRY_TAG = "dagster/will_retry"
@@ -22,7 +19,7 @@ def will_be_retried(run: dg.DagsterRun, instance: dg.DagsterInstance) -> bool:
     return int(run.tags.get("dagster/retry_number", 0)) < max_retries
 
 
-def alert_text(context: dg.RunFailureSensorContext) -> str:
+def alert_text(context: dg.RunFailureSensorContext, link: str | None) -> str:
     run = context.dagster_run
     reason = context.failure_event.message if context.failure_event else "unknown reason"
     step_errors = []
@@ -32,9 +29,8 @@ def alert_text(context: dg.RunFailureSensorContext) -> str:
             step_errors.append(f"{event.step_key}: {data.error.message.strip().splitlines()[0]}")
     lines = [f":rotating_light: acci_ops: job `{run.job_name}` failed (run {run.run_id[:8]})"]
     lines += step_errors or [reason]
-    base = os.environ.get("ACCI_DAGSTER_URL", "").rstrip("/")
-    if base:
-        lines.append(f"{base}/runs/{run.run_id}")
+    if link:
+        lines.append(link)
     return "\n".join(lines)
 
 
@@ -50,7 +46,7 @@ def alert_text(context: dg.RunFailureSensorContext) -> str:
 def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alert_webhook: AlertWebhook):  # noqa: ANN201
     if will_be_retried(context.dagster_run, context.instance):
         return dg.SkipReason(f"run {context.dagster_run.run_id} will be retried; not alerting yet")
-    text = alert_text(context)
+    text = alert_text(context, alert_webhook.run_link(context.dagster_run.run_id))
     one_line = " / ".join(text.splitlines())
     try:
         posted = alert_webhook.post(text)

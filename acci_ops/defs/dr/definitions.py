@@ -1,0 +1,26 @@
+"""Disaster recovery: the monthly drill (with its asset and schedule) and the on-call recovery job.
+Present for the environments with a DR platform; drills also need validation's scratch server."""
+
+import dagster as dg
+
+from acci_ops.defs._shared import resource_key
+from acci_ops.defs.dr.jobs import build_drill_job, build_drill_schedule, build_recovery_job, drill_asset_specs
+from acci_ops.defs.dr.resources import dr_resource
+from acci_ops.settings import Settings
+
+
+def build_defs(settings: Settings) -> dg.Definitions:
+    specs = [spec for spec in settings.environments if spec.dr]
+    if not specs:
+        return dg.Definitions()
+    jobs, schedules, assets = [build_recovery_job(specs, settings)], [], []
+    drilled = [spec for spec in specs if spec.validates]
+    if drilled:
+        drill = build_drill_job(drilled, settings)
+        jobs.append(drill)
+        schedules.append(build_drill_schedule(drill, settings))
+        assets = drill_asset_specs(drilled, settings)
+    return dg.Definitions(
+        assets=assets, jobs=jobs, schedules=schedules,
+        resources={resource_key("dr", spec.name): dr_resource(spec) for spec in specs},
+    )
