@@ -147,7 +147,8 @@ DEFAULT_COMPOSE_FILES = ("deploy/compose/docker-compose.yml", "deploy/compose/do
 class DrSpec:
     """How an environment is deployed and verified, for DR drills and on-call recovery."""
 
-    platform: str = setting("local", var="ACCI_PLATFORM", help="How ACCI Framework is deployed: local, helm or compose.")
+    platform: str = setting("local", var="ACCI_PLATFORM",
+                            help="How ACCI Framework is deployed: local, helm or compose.")
     app_url: str | None = setting(None, var="ACCI_APP_URL",
                                   help="The environment's public app URL, verified after a recovery.")
     redis_url_env: str | None = setting(None, var="ACCI_REDIS_URL",

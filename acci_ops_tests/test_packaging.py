@@ -36,7 +36,8 @@ defs = next(v for v in vars(entry).values() if isinstance(v, dg.Definitions))
 recovery, drill = dr.platform_for(drill=False), dr.platform_for(drill=True, stamp="1")
 fields = lambda p: {k: getattr(p, k) for k in ("chart", "values_files", "files", "overlay") if hasattr(p, k)}
 loaded = sorted({m.__file__ for n, m in sys.modules.items() if n.split(".")[0] == "acci_ops" and m.__file__})
-print(json.dumps({"acci_ops": acci_ops.__file__, "loaded": loaded, "jobs": sorted(j.name for j in defs.resolve_all_job_defs()),
+jobs = sorted(j.name for j in defs.resolve_all_job_defs())
+print(json.dumps({"acci_ops": acci_ops.__file__, "loaded": loaded, "jobs": jobs,
                   "overlay": str(DRILL_OVERLAY), "recovery": fields(recovery), "drill": fields(drill)}))
 """
 

@@ -98,9 +98,6 @@ def keyring_or_warn(context: dg.OpExecutionContext, backup: Any) -> Keyring | No
 
 # --- resources: keys and lookup --------------------------------------------------------------------
 
-SECTIONS = ("backup", "validation", "dr")
-
-
 def resource_key(section: str, environment: str) -> str:
     """``acci_env_<env>`` (backup: database and stores), ``acci_validation_<env>``, ``acci_dr_<env>``."""
     return f"acci_{'env' if section == 'backup' else section}_{environment}"

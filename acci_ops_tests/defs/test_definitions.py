@@ -147,17 +147,17 @@ def test_asset_keys_are_prefixed_exactly_when_an_environments_file_is_used(tmp_p
 
 
 SECRETS = {
-    "ACCI_DATABASE_URL": "postgresql://acci:db-SECRET-1@db/acci",
+    "ACCI_DATABASE_URL": "postgresql://acci:db-s3cr3t-1@db/acci",
     "ACCI_BACKUP_URL": "s3://bucket/acci",
-    "ACCI_SCRATCH_DATABASE_URL": "postgresql://scratch:scratch-SECRET-2@db/postgres",
+    "ACCI_SCRATCH_DATABASE_URL": "postgresql://scratch:scratch-s3cr3t-2@db/postgres",
     "ACCI_OFFSITE_URL": "s3://offsite/acci",
-    "ACCI_OFFSITE_AWS_ACCESS_KEY_ID": "offsite-key-SECRET-3",
-    "ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY": "offsite-SECRET-4",
-    "ACCI_BACKUP_SIGNING_KEY": "signing-SECRET-5-0123456789abcdef0123456789",
+    "ACCI_OFFSITE_AWS_ACCESS_KEY_ID": "offsite-key-s3cr3t-3",
+    "ACCI_OFFSITE_AWS_SECRET_ACCESS_KEY": "offsite-s3cr3t-4",
+    "ACCI_BACKUP_SIGNING_KEY": "signing-s3cr3t-5-0123456789abcdef0123456789",
     "ACCI_PLATFORM": "helm",
-    "ACCI_REDIS_URL": "redis://:redis-SECRET-6@r:6379/0",
-    "ACCI_DRILL_REDIS_URL": "redis://:drill-SECRET-7@r:6379/1",
-    "ACCI_ALERT_WEBHOOK_URL": "https://hooks.example.test/services/T/B/hook-SECRET-8",
+    "ACCI_REDIS_URL": "redis://:redis-s3cr3t-6@r:6379/0",
+    "ACCI_DRILL_REDIS_URL": "redis://:drill-s3cr3t-7@r:6379/1",
+    "ACCI_ALERT_WEBHOOK_URL": "https://hooks.example.test/services/T/B/hook-s3cr3t-8",
 }
 
 
@@ -178,7 +178,7 @@ def test_resources_hold_secrets_only_as_env_var_references():
     for variable, value in references.items():
         assert isinstance(value, dg.EnvVar) and value.env_var_name == variable, variable
     shown = repr(resources) + str([r.model_dump() for r in resources.values()])
-    assert "SECRET" not in shown
+    assert "s3cr3t" not in shown
 
 
 def test_resource_fields_come_from_the_settings_model():
@@ -208,6 +208,8 @@ def test_resource_fields_come_from_the_settings_model():
 
 
 def test_disaster_recovery_launchpad_config_keeps_its_shape(monkeypatch):
+    monkeypatch.setenv("ACCI_DATABASE_URL", "postgresql://acci@127.0.0.1:5432/acci")
+    monkeypatch.setenv("ACCI_BACKUP_URL", "s3://bucket/acci")
     defs = everything_configured(monkeypatch)
     job = defs.resolve_job_def("disaster_recovery")
     config = {"environment": "production", "confirm": "production", "operator": "alice", "backup_key": "",
@@ -245,6 +247,13 @@ def test_only_settings_reads_the_environment():
                if p not in allowed and "dev" not in p.relative_to(package).parts[:1]
                and ("os.environ" in p.read_text() or "getenv" in p.read_text())]
     assert readers == []
+
+
+def test_alert_links_use_acci_dagster_url_from_the_settings():
+    webhook = build_definitions(load_settings({"ACCI_DAGSTER_URL": "https://dagster.acci.test/"})).resources[
+        "alert_webhook"]
+    assert webhook.url is None and webhook.run_link("r1") == "https://dagster.acci.test/runs/r1"
+    assert build_definitions(load_settings({})).resources["alert_webhook"].run_link("r1") is None
 
 
 def test_dagster_yaml_configures_the_local_instance(tmp_path, monkeypatch):

@@ -259,7 +259,8 @@ def test_signing_key_setting_is_a_variable_name(tmp_path):
     path.write_text("environments:\n  staging: {database_url_env: DB, backup_url: 's3://b/p', "
                     "signing_key_env: STAGING_SIGNING_KEY}\n  production: {database_url_env: DB, backup_url: 's3://b/q'}\n")
     several = load_settings({"ACCI_ENVIRONMENTS_FILE": str(path), "ACCI_BACKUP_SIGNING_KEY": "x" * 40})
-    assert [s.backup.signing_key_env for s in several.environments] == ["STAGING_SIGNING_KEY", "ACCI_BACKUP_SIGNING_KEY"]
+    assert [s.backup.signing_key_env for s in several.environments] == ["STAGING_SIGNING_KEY",
+                                                                        "ACCI_BACKUP_SIGNING_KEY"]
     path.write_text(f"environments:\n  staging: {{database_url_env: DB, backup_url: 's3://b/p', "
                     f"signing_key_env: '{TEST_SIGNING_KEY}'}}\n")
     with pytest.raises(ConfigError) as failure:
