@@ -214,22 +214,33 @@ class GarbageWebhook:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
+        # accept() wakes up regularly, so close() can stop the thread before the socket is closed:
+        # a thread still blocked in accept() on a closed fd would serve whatever socket a later
+        # test opens under the same fd number.
+        self.sock.settimeout(0.2)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/services/T000/B000/hook-SECRETPATH-42"
         self.hits = 0
-        threading.Thread(target=self.serve, daemon=True).start()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
 
     def serve(self) -> None:
-        while True:
+        while not self.stop.is_set():
             try:
                 conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             with conn:
+                conn.settimeout(5)
                 conn.recv(65536)
                 conn.sendall(b"garbage\r\n\r\n")
                 self.hits += 1
 
     def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
         self.sock.close()
 
 

@@ -233,3 +233,39 @@ def test_resource_builds_backends_from_the_real_deploy_files(monkeypatch):
     missing = AcciDisasterRecovery(platform="helm", helm_chart="deploy/helm/nope", **base)
     with pytest.raises(ConfigError, match=r"Helm chart .*deploy/helm/nope not found \(no Chart.yaml there\)"):
         missing.platform_for(drill=False)
+
+
+def test_an_app_answering_garbage_is_one_line_not_a_traceback():
+    """A port that answers bytes that are not HTTP (a wrong service behind the URL) gives the probes'
+    one-line cause instead of letting http.client's BadStatusLine escape."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                conn.recv(65536)
+                conn.sendall(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with pytest.raises(AcciOpsError, match=r"last: not an HTTP answer \(BadStatusLine\)"):
+            wait_for_health(url, deadline_seconds=0.5, first_delay=0.1, log=lambda line: None)
+        with pytest.raises(AcciOpsError, match=r"/metrics did not answer HTTP \(BadStatusLine\)"):
+            check_metrics(url)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()

@@ -7,6 +7,7 @@ must parse as exposition format and carry the metric names ops declare as requir
 
 from __future__ import annotations
 
+import http.client
 import time
 import urllib.error
 import urllib.request
@@ -70,6 +71,8 @@ def wait_for_health(base_url: str, *, deadline_seconds: float = 120, timeout: fl
             last = f"HTTP {status} {body.strip()[:200]}".strip()
         except (urllib.error.URLError, OSError) as exc:
             last = f"unreachable ({getattr(exc, 'reason', exc)})"
+        except http.client.HTTPException as exc:  # an answer that is not HTTP (BadStatusLine, ...)
+            last = f"not an HTTP answer ({type(exc).__name__})"
         elapsed = time.monotonic() - started
         if elapsed + delay > deadline_seconds:
             raise AcciOpsError(f"{url} did not answer 2xx within {deadline_seconds:.0f} s "
@@ -86,6 +89,8 @@ def check_metrics(base_url: str, required: Sequence[str] = (), *, timeout: float
         status, body = _get(url, timeout)
     except (urllib.error.URLError, OSError) as exc:
         raise AcciOpsError(f"{url} is unreachable: {getattr(exc, 'reason', exc)}") from None
+    except http.client.HTTPException as exc:
+        raise AcciOpsError(f"{url} did not answer HTTP ({type(exc).__name__})") from None
     if not 200 <= status < 300:
         raise AcciOpsError(f"{url} answered HTTP {status}")
     try:
