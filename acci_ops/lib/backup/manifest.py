@@ -128,8 +128,30 @@ def parse_json(data: bytes, where: str) -> object:
         raise BackupError(f"{where} is not valid JSON: {reason}") from None
 
 
+class SignedDocument:
+    """What manifests and validation records share: a dataclass with a ``signature`` field that
+    covers every other field (see lib/backup/signing.py)."""
+
+    signature: str | None
+
+    def payload(self) -> dict[str, Any]:
+        """Every field but the signature: what is signed."""
+        doc = asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+        doc.pop("signature")
+        return doc
+
+    def document(self) -> dict[str, Any]:
+        doc = self.payload()
+        if self.signature is not None:
+            doc["signature"] = self.signature
+        return doc
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.document(), indent=2, sort_keys=True).encode()
+
+
 @dataclass
-class BackupManifest:
+class BackupManifest(SignedDocument):
     environment: str
     database: str
     partition: str
@@ -149,21 +171,6 @@ class BackupManifest:
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     signature: str | None = None  # HMAC over the other fields (lib/backup/signing.py); None: unsigned
-
-    def payload(self) -> dict[str, Any]:
-        """Every field but the signature: what is signed."""
-        doc = asdict(self)
-        doc.pop("signature")
-        return doc
-
-    def document(self) -> dict[str, Any]:
-        doc = self.payload()
-        if self.signature is not None:
-            doc["signature"] = self.signature
-        return doc
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.document(), indent=2, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes, *, where: str = "manifest") -> BackupManifest:

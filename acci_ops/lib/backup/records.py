@@ -9,15 +9,13 @@ nothing in lib/backup has to reach up into lib/validation.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from acci_ops.lib.backup import signing
 from acci_ops.lib.backup.inventory import KEY_TIME_TOLERANCE, Trust, inspect_backup
 from acci_ops.lib.backup.layout import BackupKey, parse_dump_key
-from acci_ops.lib.backup.manifest import MAX_ROWS, Fields, check_shape, parse_json
+from acci_ops.lib.backup.manifest import MAX_ROWS, Fields, SignedDocument, check_shape, parse_json
 from acci_ops.lib.backup.signing import Keyring
 from acci_ops.lib.core.errors import BackupError
 from acci_ops.lib.core.steps import StepResult, steps_markdown
@@ -34,7 +32,7 @@ def validation_key_for(key: str) -> str:
 
 
 @dataclass
-class ValidationReport:
+class ValidationReport(SignedDocument):
     """What one validation found, step by step; stored (signed) as the backup's validation record."""
 
     environment: str
@@ -59,21 +57,6 @@ class ValidationReport:
     # backup, so a record copied next to another backup does not vouch for it.
     backup_sha256: str = ""
     signature: str | None = None  # HMAC over the other fields (lib/backup/signing.py); None: unsigned
-
-    def payload(self) -> dict[str, Any]:
-        """Every field but the signature: what is signed."""
-        doc = asdict(self)
-        doc.pop("signature")
-        return doc
-
-    def document(self) -> dict[str, Any]:
-        doc = self.payload()
-        if self.signature is not None:
-            doc["signature"] = self.signature
-        return doc
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.document(), indent=2, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes, *, where: str = "validation record") -> ValidationReport:
