@@ -24,7 +24,7 @@ import re
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from types import NoneType, UnionType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -482,14 +482,46 @@ def _check_timezone(tz: str) -> str:
     return tz
 
 
+def _parse_start_date(raw: str, what: str) -> date:
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(f"{what} {raw!r} must be a date like 2026-01-01") from None
+
+
+def start_date_from(environ: Mapping[str, str]) -> date:
+    """The first daily partition: ACCI_BACKUP_START_DATE, else DEFAULT_START_DATE.
+
+    Never computed from "today" here: the definitions are built in every process (webserver,
+    daemon, each run worker, after every restart) and must be identical in all of them, or a run
+    is launched for a partition its worker does not know. A deployment sets the variable once, to
+    its first day, in the environment all its processes share; ``./run dev`` records that day once
+    in its DAGSTER_HOME (record_start_date) and exports it. The default stays put so an upgraded
+    deployment that never set the variable keeps its partitions and their history."""
+    raw = environ.get("ACCI_BACKUP_START_DATE", "").strip()
+    return _parse_start_date(raw, "ACCI_BACKUP_START_DATE") if raw else DEFAULT_START_DATE
+
+
+def record_start_date(path: Path, today: date) -> date:
+    """The date recorded in ``path``; the first call records the day before ``today`` (a daily
+    partition exists once its day has ended, so the first partition is ready to materialize at
+    once, instead of a year of "missing" ones). Later calls return the recorded date unchanged, so
+    restarts and every process agree. Written atomically: a crash leaves the file whole or absent."""
+    try:
+        return _parse_start_date(path.read_text().strip(), f"{path} holds")
+    except FileNotFoundError:
+        pass
+    start = today - timedelta(days=1)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(start.isoformat() + "\n")
+    os.replace(partial, path)
+    return start
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the deployment's shape; a malformed file or unknown name fails with one clear line."""
     environ = os.environ if environ is None else environ
-    start_raw = environ.get("ACCI_BACKUP_START_DATE", "").strip() or DEFAULT_START_DATE.isoformat()
-    try:
-        start = date.fromisoformat(start_raw)
-    except ValueError:
-        raise ConfigError(f"ACCI_BACKUP_START_DATE {start_raw!r} must be a date like 2026-01-01") from None
+    start = start_date_from(environ)
     alerts = _section(AlertSpec, environ, None, where="variables")
     path = environ.get("ACCI_ENVIRONMENTS_FILE", "").strip()
     if not path:

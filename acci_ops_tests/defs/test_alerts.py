@@ -166,3 +166,48 @@ def test_a_failing_webhook_fails_the_sensor_tick_with_one_clean_line(monkeypatch
     errors = [r.getMessage() for r in collected.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "\n" not in errors[0] and "job `nightly_backup` failed" in errors[0]
     assert "secret-token" not in str(failure.value) + errors[0]
+
+
+def failed_run_of(instance, raise_it):
+    """A real failed run whose only op calls ``raise_it``."""
+
+    @dg.op
+    def recover_environment() -> None:
+        raise_it()
+
+    @dg.job
+    def disaster_recovery() -> None:
+        recover_environment()
+
+    result = disaster_recovery.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    return result
+
+
+CAUSE = ("confirmation does not match: type the environment name 'production' exactly in 'confirm' to proceed; "
+         "nothing was done")
+
+
+def raise_failure() -> None:
+    raise dg.Failure(description=CAUSE)
+
+
+def raise_plain() -> None:
+    raise RuntimeError("the scratch server refused the connection\nsecond line of detail")
+
+
+@pytest.mark.parametrize(("raise_it", "cause"), [
+    (raise_failure, CAUSE),
+    (raise_plain, "the scratch server refused the connection"),
+])
+def test_alert_text_is_the_cause_alone(instance, webhook, raise_it, cause):
+    result = failed_run_of(instance, raise_it)
+    run_failure_alert_sensor(sensor_context(instance, result, webhook.url))
+    [message] = webhook.received
+    lines = message["text"].splitlines()
+    assert lines[0] == f":rotating_light: acci_ops: job `disaster_recovery` failed (run {result.run_id[:8]})"
+    assert lines[1] == cause
+    assert len(lines) == 2
+    for noise in ("dagster._core", "Failure:", "RuntimeError", "Error occurred while executing", "Stack Trace",
+                  "File \""):
+        assert noise not in message["text"]

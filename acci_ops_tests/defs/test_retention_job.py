@@ -152,3 +152,42 @@ def test_retention_applies_to_the_offsite_store_too(single_env, s3, instance, mo
     left_primary = {k.removeprefix("acci/") for k in all_keys(s3, single_env)}
     assert {k for k in copies if k in left_offsite} == {k for k in primary if k in left_primary}
     assert len([k for k in copies if k in left_offsite]) < 20
+
+
+def test_orphaned_multipart_uploads_are_listed_in_a_dry_run_and_aborted_by_a_real_run(single_env, s3, instance,
+                                                                                       monkeypatch):
+    """Reproduction: a backup killed mid-upload left its multipart upload in the bucket forever."""
+    from datetime import UTC, datetime
+
+    from acci_ops.defs.backups.retention import abort_uploads_after
+    from acci_ops.settings import load_settings
+
+    monkeypatch.setenv("ACCI_BACKUP_MAX_RUNTIME_SECONDS", "3600")
+    seed(s3, single_env, days=3)
+    killed, other_env = "acci/production/2026-11-26/killed.dump.zst", "acci/staging/2026-11-26/killed.dump.zst"
+    for key in (killed, other_env):
+        upload_id = s3.create_multipart_upload(Bucket=single_env, Key=key)["UploadId"]
+        s3.upload_part(Bucket=single_env, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 1024)
+    threshold = abort_uploads_after(load_settings())
+    assert threshold.total_seconds() == 3600 + 600 + 60  # the run's max runtime plus one minute
+    # The job cannot be given a clock: it relies on the S3 server stamping the upload long ago
+    # (moto stamps 2010-11-10). Say so plainly if that ever changes.
+    [stamp] = [u["Initiated"] for u in s3.list_multipart_uploads(Bucket=single_env)["Uploads"] if u["Key"] == killed]
+    assert stamp < datetime.now(UTC) - threshold, f"the S3 server stamped the upload {stamp}: too recent for this test"
+
+    dry = run_retention(instance, dry_run=True)
+    assert dry.success
+    meta = output_metadata(dry)
+    assert meta["production_primary_aborted_uploads"] == 1
+    assert "| production | primary | abort incomplete upload (started " in meta["plan"]
+    assert "`production/2026-11-26/killed.dump.zst` |" in meta["plan"]
+    assert f"(unfinished upload) {killed}" in all_keys(s3, single_env)
+
+    result = run_retention(instance, dry_run=False)
+    assert result.success
+    assert output_metadata(result)["production_primary_aborted_uploads"] == 1
+    left = all_keys(s3, single_env)
+    assert f"(unfinished upload) {killed}" not in left
+    assert f"(unfinished upload) {other_env}" in left  # another environment's prefix is not ours
+    logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any(f"aborting incomplete upload s3://{single_env}/{killed}" in m for m in logs)

@@ -1,11 +1,17 @@
 """Failure alerts: unattended runs must not fail silently."""
 
 import dagster as dg
+from dagster._core.execution.plan.objects import StepFailureData
+from dagster._utils.error import SerializableErrorInfo
 
 from acci_ops.defs.alerts.resources import AlertWebhook
 from acci_ops.lib.core.errors import AcciOpsError
 
 WILL_RETRY_TAG = "dagster/will_retry"
+# Dagster's wrappers around the user code's exception: the cause is the exception they wrap.
+DAGSTER_WRAPPERS = {"DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError",
+                    "DagsterExecutionLoadInputError", "DagsterExecutionHandleOutputError",
+                    "DagsterResourceFunctionError"}
 
 
 def will_be_retried(run: dg.DagsterRun, instance: dg.DagsterInstance) -> bool:
@@ -19,16 +25,44 @@ def will_be_retried(run: dg.DagsterRun, instance: dg.DagsterInstance) -> bool:
     return int(run.tags.get("dagster/retry_number", 0)) < max_retries
 
 
+def error_cause(error: SerializableErrorInfo | None) -> str:
+    """The error's own message, first line, without Dagster's wrapper (``Error occurred while executing
+    op``), the ``module.Class:`` prefix or the stack: what an operator needs to read first."""
+    while error is not None and error.cause is not None and error.cls_name in DAGSTER_WRAPPERS:
+        error = error.cause  # the user code's exception, not the step-execution wrapper around it
+    if error is None:
+        return "unknown reason"
+    text = error.message.strip()
+    qualified, sep, rest = text.partition(":")
+    if qualified.rsplit(".", 1)[-1] == error.cls_name:  # "pkg.module.Class: message" or a bare "Class"
+        text = rest if sep else ""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line or error.cls_name
+
+
+def step_failure_cause(data: StepFailureData) -> str:
+    """A failed step's cause in one line: a ``dg.Failure``'s description, else the error's message."""
+    if data.user_failure_data is not None and (data.user_failure_data.description or "").strip():
+        return next(part.strip() for part in data.user_failure_data.description.splitlines() if part.strip())
+    return error_cause(data.error)
+
+
 def alert_text(context: dg.RunFailureSensorContext, link: str | None) -> str:
+    """The header (job and run), then the cause alone: one line per failed step (prefixed by the step
+    when several failed), never the exception class or the stack."""
     run = context.dagster_run
-    reason = context.failure_event.message if context.failure_event else "unknown reason"
-    step_errors = []
-    for event in context.get_step_failure_events():
-        data = event.step_failure_data
-        if data and data.error:
-            step_errors.append(f"{event.step_key}: {data.error.message.strip().splitlines()[0]}")
-    lines = [f":rotating_light: acci_ops: job `{run.job_name}` failed (run {run.run_id[:8]})"]
-    lines += step_errors or [reason]
+    causes = [(event.step_key, step_failure_cause(event.step_failure_data))
+              for event in context.get_step_failure_events() if event.step_failure_data]
+    if len(causes) == 1:
+        reasons = [causes[0][1]]
+    elif causes:
+        reasons = [f"{step}: {cause}" for step, cause in causes]
+    else:
+        event = context.failure_event
+        data = event.event_specific_data if event else None
+        error = getattr(data, "error", None)
+        reasons = [error_cause(error) if error else (event.message if event and event.message else "unknown reason")]
+    lines = [f":rotating_light: acci_ops: job `{run.job_name}` failed (run {run.run_id[:8]})", *reasons]
     if link:
         lines.append(link)
     return "\n".join(lines)

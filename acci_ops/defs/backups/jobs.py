@@ -10,8 +10,14 @@ from acci_ops.settings import Settings
 RUNTIME_MARGIN_SECONDS = 600  # the run outlives pg_dump's own limit by this much
 
 
+def nightly_max_runtime_seconds(settings: Settings) -> int:
+    """How long a nightly_backup run may live (its ``dagster/max_runtime``): the longest
+    ACCI_BACKUP_MAX_RUNTIME_SECONDS plus the margin the offsite copy runs in."""
+    return max(spec.backup.max_runtime_seconds for spec in settings.environments) + RUNTIME_MARGIN_SECONDS
+
+
 def build_nightly_backup_job(settings: Settings):  # noqa: ANN201 - an unresolved asset job (not a public type)
-    max_runtime = max(spec.backup.max_runtime_seconds for spec in settings.environments) + RUNTIME_MARGIN_SECONDS
+    max_runtime = nightly_max_runtime_seconds(settings)
     return dg.define_asset_job(
         name="nightly_backup",
         selection=dg.AssetSelection.groups(GROUP),

@@ -4,7 +4,7 @@ Present for the environments with a DR platform; drills also need validation's s
 import dagster as dg
 
 from acci_ops.defs._shared import resource_key
-from acci_ops.defs.dr.jobs import build_drill_job, build_drill_schedule, build_recovery_job, drill_asset_specs
+from acci_ops.defs.dr.jobs import build_drill_asset, build_drill_job, build_drill_schedule, build_recovery_job
 from acci_ops.defs.dr.resources import dr_resource
 from acci_ops.settings import Settings
 
@@ -16,10 +16,10 @@ def build_defs(settings: Settings) -> dg.Definitions:
     jobs, schedules, assets = [build_recovery_job(specs, settings)], [], []
     drilled = [spec for spec in specs if spec.validates]
     if drilled:
-        drill = build_drill_job(drilled, settings)
+        assets = [build_drill_asset(drilled, settings)]
+        drill = build_drill_job(assets[0])
         jobs.append(drill)
         schedules.append(build_drill_schedule(drill, settings))
-        assets = drill_asset_specs(drilled, settings)
     return dg.Definitions(
         assets=assets, jobs=jobs, schedules=schedules,
         resources={resource_key("dr", spec.name): dr_resource(spec) for spec in specs},

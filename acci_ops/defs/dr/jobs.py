@@ -1,33 +1,26 @@
 """DR drills (scheduled, isolated, measured) and the guarded on-call disaster_recovery job."""
 
+from collections.abc import Iterator
+
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from pydantic import Field
 
 from acci_ops.defs._shared import asset_key, environment_spec, keyring_or_warn, resource_keys, section_resource
 from acci_ops.defs.alerts.resources import AlertWebhook, notify
 from acci_ops.defs.dr.plans import Plan, check_confirmation, plan_drill, plan_recovery
+from acci_ops.defs.validation.checks import validated_asset_key
+from acci_ops.lib.core.steps import human_duration
 from acci_ops.lib.dr.procedures import ProcedureReport, run_drill, run_recovery, store_procedure_report
 from acci_ops.settings import EnvironmentSpec, Settings
 
 DRILL_ASSET = "dr_drill"
 
 
-def drill_asset_specs(specs: list[EnvironmentSpec], settings: Settings) -> list[dg.AssetSpec]:
-    return [
-        dg.AssetSpec(
-            asset_key(settings, spec.name, DRILL_ASSET),
-            group_name="disaster_recovery",
-            kinds={"postgres", "redis"},
-            description=(
-                f"Results of DR drills for {spec.name}: every dr_drill run records its RTO, RPO and step report "
-                "here (also when it fails), so the plots show how recovery time evolves."
-            ),
-        )
-        for spec in specs
-    ]
-
-
 def report_metadata(report: ProcedureReport, uri: str) -> dict[str, object]:
+    """The asset/output metadata of a drill or recovery: one plottable number per trend (RTO in
+    seconds, RPO in hours, each step's seconds); everything else is text, so the UI plots only what
+    trends."""
     metadata: dict[str, object] = {
         "passed": report.ok,
         "backup_key": report.backup_key,
@@ -35,15 +28,14 @@ def report_metadata(report: ProcedureReport, uri: str) -> dict[str, object]:
         "report": dg.MetadataValue.md(report.markdown()),
     }
     if report.rto_seconds is not None:
-        metadata["rto_seconds"] = report.rto_seconds
-        metadata["rto_minutes"] = round(report.rto_seconds / 60, 3)
+        metadata["rto_seconds"] = float(report.rto_seconds)
     if report.rpo_seconds is not None:
         metadata["rpo_hours"] = round(report.rpo_seconds / 3600, 3)
     for step in report.steps:
         if step.status != "skipped":
             metadata[f"step_{step.name}_seconds"] = step.seconds
     if report.health_status is not None:
-        metadata["health_status"] = report.health_status
+        metadata["health_status"] = dg.MetadataValue.text(f"HTTP {report.health_status}")
     if report.kept_database:
         metadata["kept_database"] = report.kept_database
     if report.failure:
@@ -51,9 +43,16 @@ def report_metadata(report: ProcedureReport, uri: str) -> dict[str, object]:
     return metadata
 
 
-def build_drill_job(specs: list[EnvironmentSpec], settings: Settings) -> dg.JobDefinition:
-    """``specs``: the environments with DR and validation (a drill restores into the scratch server)."""
+def drill_schedule_text(settings: Settings) -> str:
+    return f"the dr_drill job, launched monthly by dr_drill_schedule (1st of the month, 03:00 {settings.timezone})"
+
+
+def build_drill_asset(specs: list[EnvironmentSpec], settings: Settings) -> dg.AssetsDefinition:
+    """One ``dr_drill`` asset per environment with DR and validation (a drill restores into the
+    scratch server), all produced by one op: ``environment`` in its config picks the one drilled.
+    Each is downstream of the environment's validated backup, which is what a drill restores."""
     default_env = specs[0].name
+    keys = {spec.name: asset_key(settings, spec.name, DRILL_ASSET) for spec in specs}
 
     class DrillConfig(dg.Config):
         environment: str = Field(default=default_env, description="Environment whose backups are drilled.")
@@ -63,11 +62,35 @@ def build_drill_job(specs: list[EnvironmentSpec], settings: Settings) -> dg.JobD
                                                "failed or never passed validation. Same override as "
                                                "disaster_recovery; a drill never restores one silently.")
 
-    @dg.op(required_resource_keys=resource_keys(specs, "backup", "validation", "dr"),
-           description="Bring up an isolated stack, restore, flush, verify, tear down.",
-           out=dg.Out(dict, description="The drill report (passed or not); the next step fails the run on failure."))
-    def run_dr_drill(context: dg.OpExecutionContext, config: DrillConfig) -> dict:
+    @dg.multi_asset(
+        name="run_dr_drill",
+        specs=[
+            dg.AssetSpec(
+                keys[spec.name],
+                deps=[validated_asset_key(spec, settings)],
+                skippable=True,  # a run drills the one environment its config names
+                group_name="disaster_recovery",
+                kinds={"postgres", "redis"},
+                tags={"acci/environment": spec.name},
+                description=(
+                    f"Results of DR drills for {spec.name}, produced by {drill_schedule_text(settings)}: each "
+                    "drill restores the newest validated backup (db_backup_validated) into an isolated copy and "
+                    "records its RTO, RPO and step report here, also when it fails, so the plots show how "
+                    "recovery time evolves. A failed drill is materialized, then fails its run with the cause."
+                ),
+            )
+            for spec in specs
+        ],
+        required_resource_keys=resource_keys(specs, "backup", "validation", "dr"),
+        description="Bring up an isolated stack, restore, flush, verify, tear down; record the report.",
+        op_tags={"acci/operation": "drill"},
+    )
+    def run_dr_drill(context: dg.AssetExecutionContext, config: DrillConfig) -> Iterator[dg.MaterializeResult]:
         spec = environment_spec(settings, config.environment, needs_dr=True)
+        if spec.name not in keys:
+            raise dg.Failure(description=(
+                f"environment {spec.name!r} cannot be drilled: a drill restores into validation's scratch "
+                f"server, which {spec.name} does not configure; drillable: {', '.join(keys)}"))
         env = section_resource(context, "backup", spec.name)
         plan = plan_drill(settings, spec, env, section_resource(context, "validation", spec.name),
                           section_resource(context, "dr", spec.name), backup_key=config.backup_key,
@@ -75,37 +98,36 @@ def build_drill_job(specs: list[EnvironmentSpec], settings: Settings) -> dg.JobD
         context.log.info(f"drilling {spec.name} with backup {plan.request.backup_key} on {plan.platform.describe()}")
         report = run_drill(plan.request, store=plan.store, platform=plan.platform, log=context.log.info)
         uri = store_procedure_report(plan.store, report)
-        # Recorded whether it passed or not, so the RTO/RPO plots include failed drills.
-        context.log_event(dg.AssetMaterialization(asset_key=asset_key(settings, spec.name, DRILL_ASSET),
-                                                  metadata=report_metadata(report, uri)))
-        return {"ok": report.ok, "failure": report.failure, "markdown": report.markdown()}
+        # Recorded whether it passed or not, so the RTO/RPO plots include failed drills; then a failed
+        # drill fails the run with its one-line cause.
+        yield dg.MaterializeResult(asset_key=keys[spec.name], metadata=report_metadata(report, uri))
+        if not report.ok:
+            raise dg.Failure(description=report.failure,
+                             metadata={"report": dg.MetadataValue.md(report.markdown())})
 
-    @dg.op(description="Fails the run when the drill failed, with the drill's one-line cause.")
-    def drill_passed(report: dict) -> None:
-        if not report["ok"]:
-            raise dg.Failure(description=report["failure"],
-                             metadata={"report": dg.MetadataValue.md(report["markdown"])})
+    return run_dr_drill
 
-    @dg.job(
+
+def build_drill_job(drill: dg.AssetsDefinition) -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
         name="dr_drill",
+        selection=dg.AssetSelection.assets(drill),
         description=(
             "Rehearses the guide's disaster-recovery procedure on an isolated copy (its own scratch database and "
             "Redis, a drill namespace/project/process): infrastructure, restore of the newest validated backup, "
             "cache flush, /health and /metrics, then tears everything down. Measures RTO and RPO against the "
-            "targets and stores the report beside the backups. Never touches production."
+            "targets, stores the report beside the backups and materializes the environment's dr_drill asset. "
+            "Never touches production."
         ),
         tags={"acci/operation": "drill"},
     )
-    def dr_drill() -> None:
-        drill_passed(run_dr_drill())
-
-    return dr_drill
 
 
-def build_drill_schedule(job: dg.JobDefinition, settings: Settings) -> dg.ScheduleDefinition:
+def build_drill_schedule(job: UnresolvedAssetJobDefinition, settings: Settings) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name="dr_drill_schedule", job=job, cron_schedule="0 3 1 * *", execution_timezone=settings.timezone,
-        description="Monthly DR drill (1st of the month, 03:00). Isolated and torn down, so it runs unattended.",
+        description=("Monthly DR drill (1st of the month, 03:00) of the default environment; materializes its "
+                     "dr_drill asset. Isolated and torn down, so it runs unattended."),
         default_status=dg.DefaultScheduleStatus.RUNNING,
     )
 
@@ -122,7 +144,7 @@ def _recovery_finished(context: dg.OpExecutionContext, webhook: AlertWebhook, pl
         context.log.info(f"the database as it was before DR is kept as {report.kept_database}; drop it once "
                          "no longer needed (README, 'Disaster recovery')")
     notify(webhook, context, f"DR of `{report.environment}` {outcome}"
-                             + (f" (RTO {report.rto_seconds / 60:.1f} min)" if report.rto_seconds else "")
+                             + (f" (RTO {human_duration(report.rto_seconds)})" if report.rto_seconds else "")
                              + (f": {report.failure}" if report.failure else ""))
     if not report.ok:
         raise dg.Failure(description=report.failure)

@@ -10,15 +10,16 @@ signed manifests); everything else is passed in as ``untrusted`` and always kept
 keys a bucket writer adds (future-dated, unsigned) can neither push real backups out of the
 policy's window nor be deleted by it.
 
-``apply_retention`` is the whole pass for one store (plan, delete, remove orphan manifests, or
-only log in a dry run); the Dagster op only loops over environments and stores and reports.
+``apply_retention`` is the whole pass for one store (plan, delete, remove orphan manifests, abort
+incomplete uploads a killed run left behind, or only log in a dry run); the Dagster op only loops
+over environments and stores and reports.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from acci_ops.lib.backup import signing
 from acci_ops.lib.backup.inventory import inspect_backup
@@ -26,8 +27,8 @@ from acci_ops.lib.backup.layout import BackupKey, complete_backups, manifest_key
 from acci_ops.lib.backup.manifest import MAX_MANIFEST_BYTES, BackupManifest
 from acci_ops.lib.backup.records import newest_validated
 from acci_ops.lib.backup.signing import Keyring
-from acci_ops.lib.core.errors import BackupError, ConfigError
-from acci_ops.lib.storage.objectstore import ObjectStore
+from acci_ops.lib.core.errors import BackupError, ConfigError, TransientError
+from acci_ops.lib.storage.objectstore import IncompleteUpload, ObjectStore
 
 Log = Callable[[str], None]
 
@@ -146,6 +147,11 @@ class RetentionResult:
     plan: RetentionPlan
     orphans: list[str]  # acci_ops-signed manifests whose dump is gone: removed (or, dry run, would be)
     dry_run: bool
+    # Incomplete uploads older than the threshold: aborted (or, dry run, would be); and how many
+    # younger ones were left alone because a running backup may still own them.
+    aborted_uploads: list[IncompleteUpload] = field(default_factory=list)
+    young_uploads: int = 0
+    upload_error: str | None = None  # why incomplete uploads could not be listed or aborted (one line)
 
     @property
     def untrusted(self) -> int:
@@ -153,14 +159,46 @@ class RetentionResult:
         return untrusted_count(self.plan)
 
 
+def stale_uploads(store: ObjectStore, environment: str, older_than: timedelta, *, now: datetime | None = None
+                  ) -> tuple[list[IncompleteUpload], int]:
+    """Incomplete uploads under the environment's prefix started more than ``older_than`` before
+    ``now`` (to abort), and how many younger ones there are (to keep).
+
+    Why it is safe: a run killed mid-upload (SIGKILL, OOM, node loss) never aborts its multipart
+    upload, and nothing else would: it stays, invisible and billed. ``older_than`` is chosen longer
+    than any of our runs may live, so an upload that old has no live owner; a younger one may
+    belong to a backup running right now and is never touched."""
+    if older_than < timedelta(0):
+        raise ConfigError(f"the age after which incomplete uploads are aborted must be >= 0, got {older_than}")
+    cutoff = (now or datetime.now(UTC)) - older_than
+    stale, young = [], 0
+    for upload in store.list_incomplete_uploads(f"{environment}/"):
+        if upload.initiated < cutoff:
+            stale.append(upload)
+        else:
+            young += 1
+    return stale, young
+
+
 def apply_retention(store: ObjectStore, environment: str, policy: RetentionPolicy, keyring: Keyring | None, *,
-                    dry_run: bool = False, log: Log = print, now: datetime | None = None) -> RetentionResult:
+                    dry_run: bool = False, log: Log = print, now: datetime | None = None,
+                    abort_uploads_older_than: timedelta | None = None) -> RetentionResult:
     """Retention for one store, end to end: plan (plan_store_retention), then, unless ``dry_run``,
-    delete what the plan deletes and the signed manifests left without a dump. Every deletion (or,
-    in a dry run, every deletion that would happen) is logged with the object's URI. Without a
-    signing key nothing is trusted, so nothing is deleted."""
+    delete what the plan deletes and the signed manifests left without a dump, and abort the
+    environment's incomplete uploads older than ``abort_uploads_older_than`` (None: leave uploads
+    alone; see stale_uploads). Every deletion or abort (or, in a dry run, every one that would
+    happen) is logged with the object's URI. Without a signing key no backup is trusted, so none is
+    deleted; stale uploads are not backups (nothing was stored) and are aborted all the same."""
     plan, orphans = plan_store_retention(store, environment, policy, keyring, now=now)
     verb = "would delete" if dry_run else "deleting"
+    stale, young, upload_error = [], 0, None
+    if abort_uploads_older_than is not None:
+        try:
+            stale, young = stale_uploads(store, environment, abort_uploads_older_than, now=now)
+        except (BackupError, TransientError) as exc:
+            # Hygiene must not block the policy: a writer role without s3:ListBucketMultipartUploads
+            # still gets its backups retained; the caller reports the refusal.
+            upload_error = f"incomplete uploads not cleaned: {exc}"
     for key in plan.delete:
         log(f"{verb} {store.uri_for(key)}")
         if not dry_run:
@@ -169,7 +207,21 @@ def apply_retention(store: ObjectStore, environment: str, policy: RetentionPolic
         log(f"{verb} manifest without dump {store.uri_for(orphan)}")
         if not dry_run:
             store.delete(orphan)
-    return RetentionResult(plan, orphans, dry_run)
+    aborted = []
+    for upload in stale:
+        log(f"{'would abort' if dry_run else 'aborting'} incomplete upload {store.uri_for(upload.key)} "
+            f"started {upload.initiated.isoformat(timespec='seconds')}")
+        if not dry_run:
+            try:
+                store.abort_incomplete_upload(upload)
+            except (BackupError, TransientError) as exc:
+                upload_error = f"incomplete uploads not cleaned: {exc}"
+                break
+        aborted.append(upload)
+    if young:
+        log(f"keeping {young} incomplete upload(s) under {store.uri_for(environment + '/')} younger than "
+            f"{abort_uploads_older_than}: a running backup may own them")
+    return RetentionResult(plan, orphans, dry_run, aborted, young, upload_error)
 
 
 def delete_backup(store: ObjectStore, backup_key: str) -> None:

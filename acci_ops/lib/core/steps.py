@@ -68,6 +68,18 @@ class StepRecorder:
         return f"{failed.name}: {failed.detail}" if failed else None
 
 
+def human_duration(seconds: float | None) -> str:
+    """A duration in the unit a person reads it in (``3.2 s``, ``4.5 min``, ``26 h``): reports show
+    RTO/RPO and their targets, which range from seconds (a small drill) to a day (the RPO target)."""
+    if seconds is None:
+        return "n/a"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours < 10 else f"{hours:.0f} h"
+
 
 def steps_markdown(steps: Sequence[StepResult]) -> str:
     """A Markdown table of steps for the UI's metadata."""

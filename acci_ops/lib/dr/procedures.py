@@ -23,7 +23,7 @@ from acci_ops.lib.backup.records import newest_validated, read_record, record_pr
 from acci_ops.lib.backup.restore import restore_backup
 from acci_ops.lib.backup.signing import NO_KEY_WARNING, Keyring
 from acci_ops.lib.core.errors import AcciOpsError, BackupError, ConfigError
-from acci_ops.lib.core.steps import StepFailed, StepRecorder, StepResult, steps_markdown
+from acci_ops.lib.core.steps import StepFailed, StepRecorder, StepResult, human_duration, steps_markdown
 from acci_ops.lib.dr import redis_cache as cache
 from acci_ops.lib.dr import switch as dbswitch
 from acci_ops.lib.dr.probes import check_metrics, wait_for_health
@@ -111,16 +111,15 @@ class ProcedureReport:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
 
     def markdown(self) -> str:
-        def minutes(seconds: float | None) -> str:
-            return "n/a" if seconds is None else f"{seconds / 60:.1f} min"
-
+        """The report for the UI and the stored record; RTO/RPO and their targets range from seconds
+        to a day, so each is shown in the unit a person reads (``3.2 s``, ``4.5 min``, ``26 h``)."""
         lines = [
             f"## {self.kind.title()} of `{self.environment}`: {'PASSED' if self.ok else 'FAILED'}",
             "",
             f"- backup: `{self.backup_key}` (snapshot {self.snapshot_at or 'n/a'})",
             f"- platform: {self.platform}",
-            f"- RTO: {minutes(self.rto_seconds)} (target {minutes(self.rto_target_seconds)})",
-            f"- RPO: {minutes(self.rpo_seconds)} (target {minutes(self.rpo_target_seconds)})",
+            f"- RTO: {human_duration(self.rto_seconds)} (target {human_duration(self.rto_target_seconds)})",
+            f"- RPO: {human_duration(self.rpo_seconds)} (target {human_duration(self.rpo_target_seconds)})",
             f"- /health: HTTP {'n/a' if self.health_status is None else self.health_status} {self.health_body[:120]}",
             f"- /metrics: {self.metrics_families} families",
         ]

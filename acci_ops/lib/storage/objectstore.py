@@ -35,6 +35,21 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class IncompleteUpload:
+    """An upload that was started and never finished (S3: a multipart upload; files: a hidden
+    partial file), keyed relative to the store's prefix. ``upload_id`` is what abort needs."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+# A listing of incomplete uploads stops here: retention runs daily, so what is beyond the bound
+# is cleaned by the next runs, and one run's cost stays bounded whatever a bucket holds.
+MAX_INCOMPLETE_UPLOADS = 10_000
+
+
+@dataclass(frozen=True)
 class Encryption:
     """Server-side encryption for S3 writes: ``AES256`` (SSE-S3) or ``aws:kms`` (SSE-KMS)."""
 
@@ -80,6 +95,8 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]: ...
     def delete(self, key: str) -> None: ...
+    def list_incomplete_uploads(self, prefix: str = "", limit: int = ...) -> Iterator[IncompleteUpload]: ...
+    def abort_incomplete_upload(self, upload: IncompleteUpload) -> None: ...
 
 
 class HashingReader:
@@ -211,6 +228,34 @@ class FileStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    def list_incomplete_uploads(self, prefix: str = "",
+                                limit: int = MAX_INCOMPLETE_UPLOADS) -> Iterator[IncompleteUpload]:
+        """Hidden partial files (a killed writer leaves them behind), oldest first. ``initiated`` is
+        the file's last write: a live writer keeps it fresh, so age is a safe lower bound on how long
+        the writer has been gone. ``key`` is the key it would have been stored under."""
+        if not self.root.is_dir():
+            return
+        found = []
+        for path in self.root.rglob(f"{_PARTIAL_MARK}*"):
+            if not path.is_file():
+                continue
+            relative = path.relative_to(self.root).as_posix()
+            final_name = path.name[len(_PARTIAL_MARK):].rsplit("-", 1)[0]
+            key = (path.parent / final_name).relative_to(self.root).as_posix()
+            if key.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    found.append(IncompleteUpload(key, relative,
+                                                  datetime.fromtimestamp(path.stat().st_mtime, UTC)))
+        yield from sorted(found, key=lambda u: (u.initiated, u.upload_id))[:limit]
+
+    def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
+        """Remove the partial file (``upload_id`` is its path under the root)."""
+        path = self._path(upload.upload_id)
+        if not path.name.startswith(_PARTIAL_MARK):
+            raise ConfigError(f"{upload.upload_id!r} is not a partial upload of {self.url}")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _s3_error_line(exc: Exception, action: str, where: str) -> Exception:
@@ -416,6 +461,39 @@ class S3Store:
             self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (BotoCoreError, ClientError) as exc:
             raise self._fail(exc, "delete", key) from None
+
+    def list_incomplete_uploads(self, prefix: str = "",
+                                limit: int = MAX_INCOMPLETE_UPLOADS) -> Iterator[IncompleteUpload]:
+        """Unfinished multipart uploads under the prefix (ListMultipartUploads, page by page, at most
+        ``limit``). They are invisible in object listings but billed until aborted."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        base = f"{self.prefix}/" if self.prefix else ""
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        seen = 0
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix):
+                for item in page.get("Uploads", []):
+                    if seen >= limit:
+                        return
+                    seen += 1
+                    yield IncompleteUpload(item["Key"][len(base):], item["UploadId"], item["Initiated"])
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail(exc, "list incomplete multipart uploads", prefix) from None
+
+    def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
+        """Abort one multipart upload: its parts are freed. One already gone is not an error."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(upload.key),
+                                                UploadId=upload.upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return
+            raise self._fail(exc, "abort an incomplete multipart upload", upload.key) from None
+        except BotoCoreError as exc:
+            raise self._fail(exc, "abort an incomplete multipart upload", upload.key) from None
 
 
 def open_store(url: str, *, encryption: Encryption | None = None, endpoint_url: str | None = None,
