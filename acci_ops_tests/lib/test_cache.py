@@ -16,13 +16,6 @@ from acci_ops.lib.dr import redis_cache as cache
 
 
 @pytest.fixture
-def own_redis(tmp_path):
-    server = start_redis(tmp_path)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def other_redis(tmp_path):
     (tmp_path / "other").mkdir()
     server = start_redis(tmp_path / "other")

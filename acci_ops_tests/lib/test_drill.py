@@ -13,7 +13,6 @@ import pytest
 import redis
 
 from acci_ops.dev.localpg import load_sample_data
-from acci_ops.dev.servers import start_redis
 from acci_ops.lib.backup.dump import run_backup
 from acci_ops.lib.backup.inventory import read_manifest
 from acci_ops.lib.backup.layout import manifest_key_for
@@ -45,14 +44,6 @@ APP = [sys.executable, "-m", "acci_ops.dev.fakeapp"]
 def make_backup(url: str, store, day: date = date(2026, 11, 26), environment: str = "production") -> str:
     return run_backup(environment=environment, target=parse_database_url(url), store=store, partition=day,
                       log=lambda line: None, keyring=KEYRING).manifest.object_key
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    """A redis-server of this test's own: recovery FLUSHALLs, which must never hit the session's."""
-    server = start_redis(tmp_path)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
