@@ -88,6 +88,10 @@ class BackupSpec:
     backup_url: str | None = setting(None, help="s3://bucket/prefix or file:///absolute/path for backups.")
     backup_url_env: str | None = setting(None, in_file=False,
                                          help="Variable holding the backup location (ACCI_BACKUP_URL).")
+    backup_url_scheme: str | None = setting(
+        None, in_file=False, resource=False,
+        help=("Scheme (s3 or file) of the location in backup_url_env, read when the settings load so the "
+              "backup asset's storage badge is right; only the scheme, never the rest of the URL."))
     sse: str = setting("none", var="ACCI_BACKUP_SSE",
                        help="Server-side encryption for S3: none, sse-s3 or sse-kms.")
     kms_key_id: str | None = setting(None, var="ACCI_BACKUP_KMS_KEY_ID", help="KMS key id for sse-kms.")
@@ -104,6 +108,12 @@ class BackupSpec:
                                        minimum=1, help="pg_dump is stopped after this long (seconds).")
     pg_bin_dir: str | None = setting(None, var="ACCI_PG_BIN", in_file=False, inherit=True,
                                      help="Directory holding pg_dump, pg_restore and pg_amcheck (default: PATH).")
+
+    @property
+    def store_kind(self) -> str | None:
+        """``s3`` or ``file``: the kind of store backups go to (the asset's badge in the UI), from
+        ``backup_url`` or the scheme read from its variable; None when the location is not known yet."""
+        return url_scheme(self.backup_url) if self.backup_url else self.backup_url_scheme
 
 
 # Written at the top level of an environment in the file (as documented before the section existed).
@@ -226,6 +236,13 @@ class Settings:
                 return spec
         known = ", ".join(s.name for s in self.environments)
         raise ConfigError(f"unknown environment {name!r}; declared: {known}")
+
+
+def url_scheme(url: str | None) -> str | None:
+    """The scheme of a URL, lowercased (``s3``, ``file``), or None when there is none. Only the scheme:
+    the rest of a URL held in a variable may carry credentials and is not looked at."""
+    head, sep, _ = (url or "").strip().partition("://")
+    return head.lower() if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", head) else None
 
 
 # --- one field from a variable or from the file ------------------------------------------------
@@ -450,6 +467,7 @@ def _environment_from_variables(environ: Mapping[str, str]) -> EnvironmentSpec:
         offsite = _section(OffsiteSpec, environ, None, where="variables")
     backup = _section(BackupSpec, environ, None, where="variables", given={
         "database_url_env": "ACCI_DATABASE_URL", "backup_url_env": "ACCI_BACKUP_URL",
+        "backup_url_scheme": url_scheme(environ.get("ACCI_BACKUP_URL")),
         "offsite": offsite, "retention": _retention_from_environ(environ),
     })
     dr = None

@@ -18,10 +18,38 @@ from acci_ops.defs.backups.resources import AcciEnvironment
 from acci_ops.lib.backup.dump import BackupResult, run_backup
 from acci_ops.lib.backup.inventory import copy_backup, list_backups
 from acci_ops.lib.core.errors import AcciOpsError
-from acci_ops.settings import EnvironmentSpec, Settings
+from acci_ops.lib.core.steps import human_duration
+from acci_ops.settings import EnvironmentSpec, Settings, url_scheme
 
 BACKUP_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
 GROUP = "backups"  # nightly_backup materializes this group: backup, validated and offsite assets
+MAX_RUNTIME_TAG = "dagster/max_runtime"  # run tag the run monitor stops a run by (run tags only, not asset tags)
+RUNTIME_MARGIN_SECONDS = 600  # the run outlives pg_dump's own limit by this much
+
+
+def nightly_max_runtime_seconds(settings: Settings) -> int:
+    """How long a backup run may live (its ``dagster/max_runtime``): the longest
+    ACCI_BACKUP_MAX_RUNTIME_SECONDS plus the margin the offsite copy runs in. Retention and upload
+    cleanup count on no backup run living longer."""
+    return max(spec.backup.max_runtime_seconds for spec in settings.environments) + RUNTIME_MARGIN_SECONDS
+
+
+def ensure_max_runtime(context: dg.AssetExecutionContext, seconds: int) -> None:
+    """Give a run launched without the nightly job (asset page, launchpad) the nightly job's
+    ``dagster/max_runtime``. Dagster's run monitor reads only RUN tags (asset ``tags`` and
+    ``op_tags`` never become run tags), and it re-reads them while the run lives, so the tag is
+    added to the run here, at the start of the backup. A run that already has one keeps it."""
+    if MAX_RUNTIME_TAG in context.run.tags:
+        return
+    context.instance.add_run_tags(context.run_id, {MAX_RUNTIME_TAG: str(seconds)})
+    context.log.info(f"run given {MAX_RUNTIME_TAG}={seconds} (as the nightly backup job has): it is stopped "
+                     f"after {human_duration(seconds)}")
+
+
+def store_kinds(scheme: str | None) -> set[str]:
+    """The badge the UI shows for where an asset's objects go: ``s3`` or ``file`` (a local or mounted
+    directory), from the configured URL's scheme; none while the location is not configured."""
+    return {scheme} if scheme in ("s3", "file") else set()
 
 
 def backup_metadata(result: BackupResult) -> dict[str, object]:
@@ -46,6 +74,8 @@ def backup_metadata(result: BackupResult) -> dict[str, object]:
 
 
 def build_backup_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDefinition:
+    max_runtime = nightly_max_runtime_seconds(settings)
+
     @dg.asset(
         key=asset_key(settings, spec.name, "db_backup"),
         partitions_def=daily_partitions(settings),
@@ -53,7 +83,7 @@ def build_backup_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDe
         group_name=GROUP,
         pool=f"acci_backup_{spec.name}",
         freshness_policy=BACKUP_FRESHNESS,
-        kinds={"postgres", "s3"},
+        kinds={"postgres", *store_kinds(spec.backup.store_kind)},
         tags={"acci/environment": spec.name},
         description=(
             f"Nightly pg_dump of the {spec.name} ACCI database, streamed (custom format, zstd) to object "
@@ -63,6 +93,7 @@ def build_backup_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDe
         ),
     )
     def db_backup(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        ensure_max_runtime(context, max_runtime)
         env: AcciEnvironment = section_resource(context, "backup", spec.name)
         keyring = keyring_or_warn(context, env)
         result = run_step(context, lambda: run_backup(
@@ -81,7 +112,7 @@ def build_offsite_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsD
         partitions_def=daily_partitions(settings),
         required_resource_keys={resource_key("backup", spec.name)},
         group_name=GROUP,
-        kinds={"s3"},
+        kinds=store_kinds(url_scheme(spec.backup.offsite.url) if spec.backup.offsite else None),
         tags={"acci/environment": spec.name},
         description=(
             f"Offsite copy of the newest {spec.name} backup of the partition to a second object store "

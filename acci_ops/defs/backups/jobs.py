@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from acci_ops.defs.backups.assets import GROUP
+from acci_ops.defs.backups.assets import GROUP, MAX_RUNTIME_TAG, RUNTIME_MARGIN_SECONDS, nightly_max_runtime_seconds
 from acci_ops.settings import Settings
 
-RUNTIME_MARGIN_SECONDS = 600  # the run outlives pg_dump's own limit by this much
-
-
-def nightly_max_runtime_seconds(settings: Settings) -> int:
-    """How long a nightly_backup run may live (its ``dagster/max_runtime``): the longest
-    ACCI_BACKUP_MAX_RUNTIME_SECONDS plus the margin the offsite copy runs in."""
-    return max(spec.backup.max_runtime_seconds for spec in settings.environments) + RUNTIME_MARGIN_SECONDS
+__all__ = ["RUNTIME_MARGIN_SECONDS", "nightly_max_runtime_seconds"]  # defined with the assets, which use them too
 
 
 def build_nightly_backup_job(settings: Settings):  # noqa: ANN201 - an unresolved asset job (not a public type)
@@ -25,7 +19,7 @@ def build_nightly_backup_job(settings: Settings):  # noqa: ANN201 - an unresolve
             "Backs up every environment's ACCI database to object storage and copies it offsite where "
             "configured. One backup per environment at a time (pools); stopped after the maximum runtime."
         ),
-        tags={"dagster/max_runtime": str(max_runtime), "acci/operation": "backup"},
+        tags={MAX_RUNTIME_TAG: str(max_runtime), "acci/operation": "backup"},
     )
 
 

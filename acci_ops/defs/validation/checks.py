@@ -1,7 +1,11 @@
 """Every backup proven restorable: the blocking restore check and the validated-backup asset."""
 
 
+import functools
+import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import ParamSpec, TypeVar
 
 import dagster as dg
 
@@ -18,7 +22,7 @@ from acci_ops.defs.backups.assets import GROUP
 from acci_ops.defs.backups.resources import AcciEnvironment
 from acci_ops.defs.validation.resources import AcciValidation
 from acci_ops.lib.backup.inventory import Trust, inspect_backup, list_backups
-from acci_ops.lib.backup.layout import parse_dump_key
+from acci_ops.lib.backup.layout import BackupKey, parse_dump_key
 from acci_ops.lib.backup.records import (
     ValidationReport,
     newest_validated,
@@ -34,6 +38,7 @@ from acci_ops.settings import EnvironmentSpec, Settings
 BACKUP_KEY_TAG = "acci/backup_key"
 CHECK_NAME = "restores_cleanly"
 VALIDATED_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
+P, R = ParamSpec("P"), TypeVar("R")
 
 
 def validated_asset_key(spec: EnvironmentSpec, settings: Settings) -> dg.AssetKey:
@@ -64,6 +69,47 @@ def report_metadata(report: ValidationReport, rpo: float | None) -> dict[str, ob
     return metadata
 
 
+def validated_metadata(backup: BackupKey, report: ValidationReport) -> dict[str, object]:
+    """What db_backup_validated records, whichever run records it (its own step, or the restore
+    check of a run that did not select it), so both look the same in the catalog."""
+    return {
+        "validated_backup_key": backup.key,
+        "signed": True,
+        "rpo_hours": round(rpo_seconds(report.snapshot_at, datetime.now(UTC)) / 3600, 3),
+        "restore_seconds": report.restore_seconds,
+        "validation_seconds": report.validation_seconds,
+        "snapshot_at": report.snapshot_at,
+    }
+
+
+def validated_step_runs_here(context: dg.AssetCheckExecutionContext, key: dg.AssetKey) -> bool:
+    """Whether this run also executes db_backup_validated (nightly_backup, validate_backup) after the
+    check. A run that selected only db_backup (Materialize in the UI) or re-executes only the check
+    does not, and the check then records the validated asset itself."""
+    op_context = context.op_execution_context
+    layer = op_context.job_def.asset_layer
+    if key not in layer.selected_asset_keys:
+        return False
+    steps = op_context.get_step_execution_context().execution_plan.step_keys_to_execute
+    return layer.get(key).assets_def.node_def.name in steps
+
+
+# The restore check is partitioned (it validates the backup of its day), and Dagster 1.13 still marks a
+# partitions_def on an asset check as a preview feature, warning at every load (start-up and each run
+# worker). The feature is needed; only that one warning is silenced, only while the check is built.
+PARTITIONED_CHECK_WARNING = r"Specifying a partitions_def on an AssetCheckSpec is currently in preview"
+
+
+def _without_partitioned_check_warning(build: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(build)
+    def quiet(*args: P.args, **kwargs: P.kwargs) -> R:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=PARTITIONED_CHECK_WARNING, category=dg.PreviewWarning)
+            return build(*args, **kwargs)
+    return quiet
+
+
+@_without_partitioned_check_warning
 def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=asset_key(settings, spec.name, "db_backup"),
@@ -76,7 +122,9 @@ def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCh
             "sha256 and size against the manifest, the archive's table of contents, pg_restore stopping at the first "
             "error, exact row counts and the set of tables/sequences/views/functions/extensions against the manifest, "
             "pg_amcheck and SQL assertions when configured. The scratch database is always dropped. Blocks the "
-            "offsite copy; the result is stored beside the manifest as .validation.json."
+            "offsite copy; the result is stored beside the manifest as .validation.json. When it passes in a run "
+            "that does not also run db_backup_validated (Materialize on db_backup in the UI), it records "
+            "db_backup_validated for the partition itself, so every passing validation shows there."
         ),
     )
     def restores_cleanly(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
@@ -99,9 +147,17 @@ def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCh
             store_report(store, report, keyring)
             parsed = parse_dump_key(backup_key)
             trust = inspect_backup(store, parsed, keyring) if parsed else None
-            return report, validated_rpo_seconds(store, spec.name, keyring), trust
+            newest = (newest_validated(store, spec.name, keyring)
+                      if report.ok and trust and trust.trusted and not validated_step_runs_here(context, validated)
+                      else None)
+            return report, validated_rpo_seconds(store, spec.name, keyring), trust, newest
 
-        report, rpo, trust = run_step(context, validate)
+        validated = validated_asset_key(spec, settings)
+        report, rpo, trust, newest = run_step(context, validate)
+        if newest is not None:
+            context.op_execution_context.log_event(dg.AssetMaterialization(
+                asset_key=validated, partition=context.partition_key, metadata=validated_metadata(*newest),
+                description=f"recorded by the {CHECK_NAME} check: this run did not select the asset"))
         if not report.ok:
             context.log.error(f"backup {report.backup_key} failed validation: {report.failure}")
         metadata = report_metadata(report, rpo)
@@ -154,13 +210,6 @@ def build_validated_asset(spec: EnvironmentSpec, settings: Settings) -> dg.Asset
         if trust is not None and not trust.trusted:
             context.log.warning(f"backup {trust.backup.key} is {trust.describe()}: it is not counted as validated; "
                                 f"the newest validated backup stays {backup.key}")
-        return dg.MaterializeResult(metadata={
-            "validated_backup_key": backup.key,
-            "signed": True,
-            "rpo_hours": round(rpo_seconds(report.snapshot_at, datetime.now(UTC)) / 3600, 3),
-            "restore_seconds": report.restore_seconds,
-            "validation_seconds": report.validation_seconds,
-            "snapshot_at": report.snapshot_at,
-        })
+        return dg.MaterializeResult(metadata=validated_metadata(backup, report))
 
     return db_backup_validated

@@ -28,6 +28,7 @@ from acci_ops.lib.backup.manifest import BackupManifest
 from acci_ops.lib.backup.signing import Keyring
 from acci_ops.lib.core.commands import PG_ENV, child_env, find_tool, pump_lines, run_command
 from acci_ops.lib.core.errors import AcciOpsError, BackupError, ConfigError
+from acci_ops.lib.core.steps import human_bytes, human_duration
 from acci_ops.lib.postgres import catalog
 from acci_ops.lib.postgres.connect import connect, explain_pg_error
 from acci_ops.lib.postgres.urls import DatabaseTarget
@@ -184,7 +185,8 @@ def run_backup(*, environment: str, target: DatabaseTarget, store: ObjectStore, 
         store.delete(key)
         raise
     duration = time.monotonic() - t0
-    log(f"backup complete: {store.uri_for(key)} ({stored_bytes} bytes stored, {duration:.1f} s)")
+    log(f"backup complete: {store.uri_for(key)} ({human_bytes(stored_bytes)} stored from "
+        f"{human_bytes(dump_bytes)} dumped, {human_duration(duration)})")
     return BackupResult(manifest, store.uri_for(key), store.uri_for(manifest_key_for(key)), duration)
 
 

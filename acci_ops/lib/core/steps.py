@@ -81,6 +81,22 @@ def human_duration(seconds: float | None) -> str:
     return f"{hours:.1f} h" if hours < 10 else f"{hours:.0f} h"
 
 
+def human_bytes(size: int | None) -> str:
+    """A size in the unit a person reads it in (``512 B``, ``3.4 MiB``, ``1.2 GiB``), binary units as
+    ``df -h`` and the object store consoles show them: run logs and reports print sizes from a few
+    kilobytes (a test database) to hundreds of gigabytes. Plotted metadata keeps the exact integer."""
+    if size is None:
+        return "n/a"
+    if abs(size) < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
 def steps_markdown(steps: Sequence[StepResult]) -> str:
     """A Markdown table of steps for the UI's metadata."""
     rows = [f"| {s.name} | {s.status} | {s.seconds:.2f} | {s.detail.replace('|', '/')} |" for s in steps]

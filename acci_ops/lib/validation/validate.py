@@ -32,7 +32,7 @@ from acci_ops.lib.backup.restore import (
 )
 from acci_ops.lib.core.commands import PG_ENV, child_env, find_pg_tool
 from acci_ops.lib.core.errors import BackupError, ConfigError
-from acci_ops.lib.core.steps import StepFailed, StepRecorder, StepResult
+from acci_ops.lib.core.steps import StepFailed, StepRecorder, StepResult, human_bytes
 from acci_ops.lib.postgres import catalog
 from acci_ops.lib.postgres.connect import explain_pg_error
 from acci_ops.lib.postgres.scratch import (
@@ -111,7 +111,7 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
             report.mode, work_dir = choose_mode(settings.mode, manifest, settings.work_dir, settings.reserve_bytes)
             archive = fetch_for_restore(store, backup_key, manifest, mode=report.mode, work_dir=work_dir)
             archive.verify()
-            step.detail = f"sha256 and size match ({archive.fetched.size} bytes); restore mode {report.mode}"
+            step.detail = f"sha256 and size match ({human_bytes(archive.fetched.size)}); restore mode {report.mode}"
 
         remaining = lambda: max(1.0, settings.timeout_seconds - (time.monotonic() - t0))  # noqa: E731
 
