@@ -94,6 +94,24 @@ def test_file_store_round_trip(pg_server, db_url, tmp_path):
     assert row_counts(pg_server, restored) == result.manifest.row_counts
 
 
+def test_frames_carry_a_content_checksum_that_zstd_checks(pg_server, db_url, tmp_path):
+    """The by-hand restore runs `zstd -t` first: it must catch a damaged object without the manifest."""
+    import subprocess
+
+    import zstandard
+
+    store = open_store(f"file://{tmp_path}/backups")
+    result, _ = backup(db_url, store)
+    path = Path(result.uri.removeprefix("file://"))
+    data = path.read_bytes()
+    assert zstandard.get_frame_parameters(data).has_checksum
+    assert subprocess.run(["zstd", "-q", "-t", str(path)], capture_output=True).returncode == 0
+    damaged = tmp_path / "damaged.pgdump.zst"
+    damaged.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # the frame's checksum no longer matches
+    checked = subprocess.run(["zstd", "-q", "-t", str(damaged)], capture_output=True, text=True)
+    assert checked.returncode != 0 and "checksum" in checked.stderr.lower()
+
+
 def test_killing_pg_dump_mid_stream_leaves_nothing(big_db_url, s3, bucket):
     class KillingStore(S3Store):
         def upload_stream(self, key, stream, content_type="application/octet-stream"):

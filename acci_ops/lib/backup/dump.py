@@ -224,7 +224,10 @@ def _stream_dump(pg_dump: str, target: DatabaseTarget, store: ObjectStore, key: 
     counter.start()
 
     source = _DumpStream(proc, tail, pump, timed_out, settings.max_runtime_seconds)
-    compressor = zstandard.ZstdCompressor(level=settings.zstd_level, threads=settings.zstd_threads)
+    # A content checksum in the frame lets `zstd -t` and a by-hand `zstd -dc` detect corruption on
+    # their own, without the manifest.
+    compressor = zstandard.ZstdCompressor(level=settings.zstd_level, threads=settings.zstd_threads,
+                                          write_checksum=True)
     hashed = HashingReader(compressor.stream_reader(source, read_size=1 << 20))
     try:
         store.upload_stream(key, hashed)
