@@ -24,12 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import psycopg
 import zstandard
 
 from acci_ops.lib.backup.inventory import read_manifest
 from acci_ops.lib.backup.manifest import BackupManifest
 from acci_ops.lib.core.commands import PG_ENV, child_env, find_pg_tool, pump_lines
 from acci_ops.lib.core.errors import AcciOpsError, BackupError
+from acci_ops.lib.postgres import catalog
+from acci_ops.lib.postgres.connect import explain_pg_error
 from acci_ops.lib.postgres.urls import DatabaseTarget
 from acci_ops.lib.storage.objectstore import MiB, ObjectStore
 
@@ -311,6 +314,15 @@ def fetch_for_restore(store: ObjectStore, key: str, manifest: BackupManifest, *,
     fetched = fetch_archive(store, key, to_dir=work_dir if mode == "parallel" else None,
                             max_output=manifest.dump_bytes, max_input=manifest.stored_bytes)
     return Archive(store, key, manifest, mode, fetched)
+
+
+def read_contents(target: DatabaseTarget) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """Exact row counts and the objects of a restored database, for ``compare_contents``."""
+    try:
+        with psycopg.connect(**target.connect_kwargs()) as conn:
+            return catalog.exact_row_counts(conn), catalog.list_objects(conn)
+    except psycopg.Error as exc:
+        raise BackupError(f"cannot read the restored database {target.dbname}: {explain_pg_error(exc)}") from None
 
 
 def compare_contents(manifest: BackupManifest, counts: dict[str, int], objects: dict[str, list[str]]) -> None:

@@ -24,9 +24,8 @@ import psycopg
 from psycopg import sql
 
 from acci_ops.lib.backup.manifest import BackupManifest
-from acci_ops.lib.backup.restore import compare_contents
+from acci_ops.lib.backup.restore import compare_contents, read_contents
 from acci_ops.lib.core.errors import BackupError, ConfigError
-from acci_ops.lib.postgres import catalog
 from acci_ops.lib.postgres.connect import connect, explain_pg_error
 from acci_ops.lib.postgres.urls import DatabaseTarget
 
@@ -127,12 +126,7 @@ def drop_new(target: DatabaseTarget, plan: SwitchPlan) -> None:
 
 def verify_against_manifest(target: DatabaseTarget, manifest: BackupManifest) -> str:
     """Exact row counts and the set of objects of the restored copy equal the manifest's."""
-    try:
-        with psycopg.connect(**target.connect_kwargs()) as conn:
-            counts = catalog.exact_row_counts(conn)
-            objects = catalog.list_objects(conn)
-    except psycopg.Error as exc:
-        raise BackupError(f"cannot read the restored database {target.dbname}: {explain_pg_error(exc)}") from None
+    counts, objects = read_contents(target)
     try:
         compare_contents(manifest, counts, objects)
     except BackupError as exc:

@@ -29,11 +29,11 @@ from acci_ops.lib.backup.restore import (
     fetch_for_restore,
     find_pg_restore,
     first_error,
+    read_contents,
 )
 from acci_ops.lib.core.commands import PG_ENV, child_env, find_pg_tool
 from acci_ops.lib.core.errors import BackupError, ConfigError
 from acci_ops.lib.core.steps import StepFailed, StepRecorder, StepResult, human_bytes
-from acci_ops.lib.postgres import catalog
 from acci_ops.lib.postgres.connect import explain_pg_error
 from acci_ops.lib.postgres.scratch import (
     create_scratch_database,
@@ -141,12 +141,7 @@ def validate_backup(*, store: ObjectStore, backup_key: str, scratch: DatabaseTar
 
         target = scratch.with_dbname(scratch_name)
         with run.step("contents") as step:
-            try:
-                with psycopg.connect(**target.connect_kwargs()) as conn:
-                    counts = catalog.exact_row_counts(conn)
-                    objects = catalog.list_objects(conn)
-            except psycopg.Error as exc:
-                raise BackupError(f"cannot read the restored database: {explain_pg_error(exc)}") from None
+            counts, objects = read_contents(target)
             compare_contents(manifest, counts, objects)
             report.tables, report.total_rows = len(counts), sum(counts.values())
             step.detail = f"{len(counts)} tables, {report.total_rows} rows and all objects match the manifest"
