@@ -222,6 +222,72 @@ class AlertSpec:
                                       help="Base URL of the Dagster UI, for links in alerts.")
 
 
+SCAN_SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+BUILD_BACKENDS = ("buildah", "docker")
+CONTAINER_ENGINES = ("podman", "docker")
+
+
+@dataclass(frozen=True)
+class ImagesSpec:
+    """Where ACCI Framework's source and images live, and how images are built and checked. One for
+    the whole code location: an image is built once and released to every environment by digest."""
+
+    source_repo: str | None = setting(None, var="ACCI_SOURCE_REPO",
+                                      help="ACCI Framework's source: a git URL or a local path.")
+    source_tag_pattern: str = setting("v*", var="ACCI_SOURCE_TAG_PATTERN",
+                                      help="Release tags (glob); the version is the tag without its leading v.")
+    image_repository: str | None = setting(None, var="ACCI_IMAGE_REPOSITORY",
+                                           help="Where images go, e.g. registry.example.com/acci/acci-framework.")
+    registry_username: str | None = setting(None, var="ACCI_REGISTRY_USERNAME", help="Registry user name.")
+    registry_password_env: str | None = setting(None, var="ACCI_REGISTRY_PASSWORD",
+                                                help="Registry password or token (kept in ACCI_REGISTRY_PASSWORD).")
+    registry_tls_verify: bool = setting(True, var="ACCI_REGISTRY_TLS_VERIFY",
+                                        help="Verify the registry's TLS certificate (false only for a local registry).")
+    platforms: tuple[str, ...] = setting(("linux/amd64", "linux/arm64"), var="ACCI_IMAGE_PLATFORMS",
+                                         help="Platforms of the multi-platform image.")
+    dockerfile: str = setting("Dockerfile", var="ACCI_DOCKERFILE",
+                              help="Dockerfile/Containerfile path inside the source repository.")
+    build_context: str = setting(".", var="ACCI_BUILD_CONTEXT",
+                                 help="Build context inside the source repository (default: its root).")
+    build_backend: str = setting("buildah", var="ACCI_BUILD_BACKEND", choices=BUILD_BACKENDS,
+                                 help="buildah (daemonless, the default) or docker.")
+    container_engine: str = setting("podman", var="ACCI_CONTAINER_ENGINE", choices=CONTAINER_ENGINES,
+                                    help="Engine that runs images for the smoke test: podman or docker.")
+    max_mb: float = setting(512, var="ACCI_IMAGE_MAX_MB", minimum=1,
+                            help="Largest allowed image per platform, in MiB (image_policy).")
+    scan_command: str | None = setting(None, var="ACCI_IMAGE_SCAN_COMMAND",
+                                       help="Vulnerability scanner command ({oci_dir} / {image_ref} replaced).")
+    scan_fail_on: str = setting("CRITICAL", var="ACCI_IMAGE_SCAN_FAIL_ON", choices=SCAN_SEVERITIES,
+                                help="Lowest finding severity that fails the scan.")
+    storage_dir: str | None = setting(None, var="ACCI_IMAGE_STORAGE_DIR",
+                                      help="Build storage (layers, caches); default under the system temp dir.")
+    latest_tag: bool = setting(False, var="ACCI_IMAGE_LATEST_TAG",
+                               help="Also move a 'latest' tag to each new release (off: tags never move).")
+    required_metrics: tuple[str, ...] = setting((), var="ACCI_REQUIRED_METRICS",
+                                                help="Metric names the smoke test requires on /metrics.")
+    smoke_command: str | None = setting(
+        None, var="ACCI_IMAGE_SMOKE_COMMAND",
+        help=("Arguments after the image in the smoke test ({port} is replaced by the port chosen); unset: "
+              "the image's own command, with the port in PORT."))
+    smoke_database_url_env: str | None = setting(
+        None, var="ACCI_IMAGE_SMOKE_DATABASE_URL",
+        help="A throwaway PostgreSQL database the smoke-tested image may use (given to it as DATABASE_URL).")
+    smoke_redis_url_env: str | None = setting(
+        None, var="ACCI_IMAGE_SMOKE_REDIS_URL",
+        help="A throwaway Redis the smoke-tested image may use (given to it as REDIS_URL).")
+    smoke_timeout_seconds: float = setting(60, var="ACCI_IMAGE_SMOKE_TIMEOUT_SECONDS", minimum=1,
+                                           help="How long the smoke test waits for /health to answer 2xx.")
+    build_timeout_seconds: int = setting(3600, var="ACCI_IMAGE_BUILD_TIMEOUT_SECONDS", minimum=1,
+                                         help="A build is stopped after this long.")
+    tags_per_tick: int = setting(5, var="ACCI_SOURCE_TAGS_PER_TICK", minimum=1,
+                                 help="Most new release tags source_tag_sensor turns into builds per tick.")
+
+    @property
+    def enabled(self) -> bool:
+        """Image builds are on when both the source and the image repository are named."""
+        return bool(self.source_repo and self.image_repository)
+
+
 @dataclass(frozen=True)
 class Settings:
     environments: tuple[EnvironmentSpec, ...]
@@ -229,6 +295,7 @@ class Settings:
     start_date: date = DEFAULT_START_DATE
     from_file: str | None = None  # the environments file, when one is used
     alerts: AlertSpec = field(default_factory=AlertSpec)
+    images: ImagesSpec = field(default_factory=ImagesSpec)
 
     def environment(self, name: str) -> EnvironmentSpec:
         for spec in self.environments:
@@ -536,21 +603,40 @@ def record_start_date(path: Path, today: date) -> date:
     return start
 
 
+_PLATFORM = re.compile(r"^linux/(amd64|arm64|arm/v7|arm/v6|ppc64le|s390x|riscv64|386)$")
+
+
+def _images(environ: Mapping[str, str]) -> ImagesSpec:
+    """Image settings come from variables only (one image for every environment)."""
+    spec = _section(ImagesSpec, environ, None, where="variables")
+    bad = [p for p in spec.platforms if not _PLATFORM.match(p)]
+    if bad:
+        raise ConfigError(f"ACCI_IMAGE_PLATFORMS has unsupported platform(s) {', '.join(bad)}; "
+                          "use e.g. linux/amd64,linux/arm64")
+    if bool(spec.source_repo) != bool(spec.image_repository):
+        missing = "ACCI_IMAGE_REPOSITORY" if spec.source_repo else "ACCI_SOURCE_REPO"
+        raise ConfigError(f"image builds need both ACCI_SOURCE_REPO and ACCI_IMAGE_REPOSITORY; {missing} is unset")
+    if spec.registry_password_env and not spec.registry_username:
+        raise ConfigError("ACCI_REGISTRY_PASSWORD is set but ACCI_REGISTRY_USERNAME is not")
+    return spec
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the deployment's shape; a malformed file or unknown name fails with one clear line."""
     environ = os.environ if environ is None else environ
     start = start_date_from(environ)
     alerts = _section(AlertSpec, environ, None, where="variables")
+    images = _images(environ)
     path = environ.get("ACCI_ENVIRONMENTS_FILE", "").strip()
     if not path:
         tz = _check_timezone(environ.get("ACCI_TIMEZONE", "").strip() or DEFAULT_TIMEZONE)
-        return Settings((_environment_from_variables(environ),), tz, start, None, alerts)
+        return Settings((_environment_from_variables(environ),), tz, start, None, alerts, images)
     doc = _read_file(path)
     specs = tuple(_environment_from_file(name, body, path, environ) for name, body in doc["environments"].items())
     tz = _check_timezone(environ.get("ACCI_TIMEZONE", "").strip() or str(doc.get("timezone") or DEFAULT_TIMEZONE))
-    settings = Settings(specs, tz, start, path, alerts)
+    settings = Settings(specs, tz, start, path, alerts, images)
     chosen = environ.get("ACCI_ENVIRONMENT", "").strip()
     if chosen:
         # One code location per environment: serve only the named one.
-        settings = Settings((settings.environment(chosen),), tz, start, path, alerts)
+        settings = Settings((settings.environment(chosen),), tz, start, path, alerts, images)
     return settings

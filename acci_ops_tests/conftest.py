@@ -13,5 +13,6 @@ pytest_plugins = [
     "acci_ops_tests.fixtures.defs",
     "acci_ops_tests.fixtures.dr",
     "acci_ops_tests.fixtures.deploy",
+    "acci_ops_tests.fixtures.images",
     "acci_ops_tests.fixtures.markers",
 ]

@@ -135,13 +135,14 @@ def _stop_and_check(proc: subprocess.Popen, sig: signal.Signals, ports: list[int
 
 def test_run_dev_stops_everything_on_term_and_int_and_starts_again() -> None:
     dev_dir = Path(tempfile.mkdtemp(prefix="acci_dev_test_"))
-    ui, pg, redis = _free_port(), _free_port(), _free_port()
-    ports = [ui, pg, redis]
+    ui, pg, redis, registry = _free_port(), _free_port(), _free_port(), _free_port()
+    ports = [ui, pg, redis, registry]
     # redis-server rewrites its command line to "redis-server 127.0.0.1:<port>".
-    markers = [str(dev_dir), f"-p {ui}", f"--port {ui}", f"--port {redis}", f":{redis}", f":{pg}", f"-p {pg}"]
+    markers = [str(dev_dir), f"-p {ui}", f"--port {ui}", f"--port {redis}", f":{redis}", f":{pg}", f"-p {pg}", f"--port {registry}",
+               str(dev_dir / "registry")]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCI_", "DAGSTER_"))}
     env.update(ACCI_DEV_DIR=str(dev_dir), ACCI_DEV_UI_PORT=str(ui), ACCI_DEV_PG_PORT=str(pg),
-               ACCI_DEV_REDIS_PORT=str(redis))
+               ACCI_DEV_REDIS_PORT=str(redis), ACCI_DEV_REGISTRY_PORT=str(registry))
     log = dev_dir.parent / f"{dev_dir.name}.log"
     sessions: list[int] = []
     try:
@@ -158,6 +159,8 @@ def test_run_dev_stops_everything_on_term_and_int_and_starts_again() -> None:
             _stop_and_check(proc, sig, ports, markers, log)
         # It ran in the test's own dev directory, not in the repository's .acci_dev.
         assert (dev_dir / "dagster_home" / "dagster.yaml").is_file(), f"ACCI_DEV_DIR {dev_dir} was not used"
+        # Image builds were set up: the fixture repository and the registry's storage.
+        assert (dev_dir / "acci-framework" / ".git").is_dir() and (dev_dir / "registry").is_dir()
     finally:
         for session in sessions:
             try:

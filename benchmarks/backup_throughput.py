@@ -7,9 +7,13 @@ md5 text), starts moto's S3 server over HTTP, and times, on the same database an
   2. guide     pg_dump | gzip > file, then upload it  (boto3 upload_file)
   3. custom    pg_dump -Fc > file, then upload it     (what pg_dump-to-S3 containers do)
   4. acci_ops  the Dagster job nightly_backup, run in a child process (execute_in_process)
+  5. by hand   pg_dump -Fc -Z0 | zstd -1 | boto3 upload_fileobj(stdin)   (the hand-written anchor)
 
-Every variant runs under /usr/bin/time -v for its peak RSS. A second pass at ~3x the size shows
-whether time and memory scale. Run it with:
+Every variant runs under /usr/bin/time -v for its peak RSS. Each row also shows the blocks the
+server read for it (pg_stat_database blks_read + blks_hit of the database, before and after; read
+from the postgres database once every session of the benchmark database has ended, because a
+PostgreSQL 15 backend flushes its statistics when it exits), so a second scan of the tables shows.
+A second pass at ~3x the size shows whether time and memory scale. Run it with:
 
     .venv/bin/python benchmarks/backup_throughput.py [--scale-factor 1.0] [--skip-large] [--keep]
 """
@@ -46,6 +50,8 @@ MB = 1_000_000
 MAX_RATIO_TO_FLOOR = 1.3
 MIN_SPEEDUP_OVER_GUIDE = 2.5
 MAX_RSS_MB = 250
+MAX_RATIO_TO_BY_HAND = 1.0  # run_backup against the hand-written pipeline
+MAX_BLOCKS_RATIO = 1.05  # server blocks read by the backup against a bare pg_dump
 
 # The anchors upload with boto3's defaults (8 MiB parts, 10 threads), like `aws s3 cp`.
 UPLOAD_CHILD = """
@@ -53,6 +59,14 @@ import sys, boto3
 from botocore.config import Config
 s3 = boto3.client("s3", config=Config(s3={"addressing_style": "path"}))
 s3.upload_file(sys.argv[1], sys.argv[2], sys.argv[3])
+"""
+
+# The hand-written anchor's upload: the compressed stream from stdin, boto3's defaults.
+STDIN_UPLOAD_CHILD = """
+import sys, boto3
+from botocore.config import Config
+s3 = boto3.client("s3", config=Config(s3={"addressing_style": "path"}))
+s3.upload_fileobj(sys.stdin.buffer, sys.argv[1], sys.argv[2])
 """
 
 # The backup as the daemon's run worker does it: load the definitions, run the job for a partition.
@@ -85,6 +99,7 @@ class Row:
     cpu_seconds: float
     stored_bytes: int | None
     peak_rss_kb: int
+    server_blocks: int = 0
 
 
 def log(message: str) -> None:
@@ -126,6 +141,16 @@ class Bench:
         self.s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
                                aws_secret_access_key="bench", config=Config(s3={"addressing_style": "path"}))
 
+    def server_blocks(self) -> int:
+        """blks_read + blks_hit of the benchmark database, once its sessions have flushed their stats."""
+        for _ in range(200):
+            busy = self.pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{self.dbname}'")
+            if busy == "0":
+                break
+            time.sleep(0.05)
+        return int(self.pg.psql("SELECT pg_stat_clear_snapshot(); SELECT blks_read + blks_hit FROM pg_stat_database "
+                                f"WHERE datname = '{self.dbname}'").splitlines()[-1])
+
     def object_size(self, key: str) -> int:
         return self.s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
 
@@ -135,12 +160,13 @@ class Bench:
             for item in page.get("Contents", []):
                 self.s3.delete_object(Bucket=BUCKET, Key=item["Key"])
 
-    def anchor(self, variant: str, name: str, pipeline: str, upload_from: Path | None = None) -> Row:
+    def anchor(self, variant: str, name: str, pipeline: str, upload_from: Path | None = None,
+               env: dict[str, str] | None = None) -> Row:
         """A shell pipeline (and the upload of its file), timed as one command."""
         script = f"set -o pipefail; {pipeline}"
         if upload_from:
             script += f' && "{sys.executable}" -c "$UPLOAD_CHILD" {upload_from} {BUCKET} {name}/{upload_from.name}'
-        env = dict(self.env, PATH=f"{self.pg_bin}:{self.env['PATH']}", UPLOAD_CHILD=UPLOAD_CHILD)
+        env = dict(env or self.env, PATH=f"{self.pg_bin}:{self.env['PATH']}", UPLOAD_CHILD=UPLOAD_CHILD)
         run = timed(["bash", "-c", script], env, name)
         stored = self.object_size(f"{name}/{upload_from.name}") if upload_from else None
         if upload_from:
@@ -153,6 +179,14 @@ class Bench:
     def guide(self) -> Row:
         file = WORK / f"{self.dbname}.sql.gz"
         return self.anchor("2 guide: pg_dump | gzip > file; upload", "guide", f"pg_dump | gzip > {file}", file)
+
+    def by_hand(self) -> Row:
+        script = (f'pg_dump -Fc -Z0 | zstd -1 -q | "{sys.executable}" -c "$STDIN_UPLOAD_CHILD" {BUCKET} '
+                  f'byhand/{self.dbname}.dump.zst')
+        env = dict(self.env, STDIN_UPLOAD_CHILD=STDIN_UPLOAD_CHILD)
+        row = self.anchor("5 by hand: pg_dump -Z0 | zstd -1 | upload_fileobj", "byhand", script, env=env)
+        row.stored_bytes = self.object_size(f"byhand/{self.dbname}.dump.zst")
+        return row
 
     def custom(self) -> Row:
         file = WORK / f"{self.dbname}.dump"
@@ -180,10 +214,12 @@ class Bench:
         log(f"  warm-up: {self.floor().seconds:.1f} s (floor, untimed, fills the page cache)")
         rows, meta = [], {}
         for variant in variants:
+            blocks = self.server_blocks()
             if variant == "acci_ops":
                 row, meta = self.acci_ops()
             else:
                 row = getattr(self, variant)()
+            row.server_blocks = self.server_blocks() - blocks
             self.empty_bucket()
             log(f"  {row.variant}: {row.seconds:.1f} s")
             rows.append(row)
@@ -217,17 +253,21 @@ def database_mb(pg: LocalPostgres, dbname: str) -> float:
 
 
 def print_table(title: str, rows: list[Row], meta: dict) -> None:
-    floor = rows[0].seconds
+    floor, by_hand = rows[0], rows[-1]
     log("")
     log(title)
-    log(f"{'variant':<42} {'seconds':>8} {'x floor':>8} {'stored MB':>10} {'peak RSS MB':>12} {'client CPU s':>13}")
+    log(f"{'variant':<52} {'seconds':>8} {'x floor':>8} {'x by hand':>9} {'stored MB':>10} {'peak RSS MB':>12} "
+        f"{'client CPU s':>13} {'server blocks':>14} {'x floor':>8}")
     for row in rows:
         stored = f"{row.stored_bytes / MB:.1f}" if row.stored_bytes is not None else "-"
-        log(f"{row.variant:<42} {row.seconds:>8.2f} {row.seconds / floor:>8.2f} {stored:>10} "
-            f"{row.peak_rss_kb / 1024:>12.0f} {row.cpu_seconds:>13.1f}")
+        log(f"{row.variant:<52} {row.seconds:>8.2f} {row.seconds / floor.seconds:>8.2f} "
+            f"{row.seconds / by_hand.seconds:>9.2f} {stored:>10} {row.peak_rss_kb / 1024:>12.0f} "
+            f"{row.cpu_seconds:>13.1f} {row.server_blocks:>14,} "
+            f"{row.server_blocks / max(floor.server_blocks, 1):>8.3f}")
     if meta:
         engine = meta["duration_seconds"]
-        log(f"{'  of which run_backup itself (run metadata)':<42} {engine:>8.2f} {engine / floor:>8.2f}")
+        log(f"{'  of which run_backup itself (run metadata)':<52} {engine:>8.2f} {engine / floor.seconds:>8.2f} "
+            f"{engine / by_hand.seconds:>9.2f}")
         log(f"  acci_ops: {meta['dump_bytes'] / MB:.0f} MB custom-format dump stored as "
             f"{meta['stored_bytes'] / MB:.1f} MB (zstd ratio {meta['compression_ratio']}), "
             f"{meta['tables']} tables, {meta['total_rows']:,} rows counted")
@@ -245,7 +285,7 @@ def evaluate(results: dict[str, tuple[list[Row], dict]]) -> bool:
         f"{MIN_SPEEDUP_OVER_GUIDE}x faster than the guide's pipeline, peak RSS under {MAX_RSS_MB} MB at every size")
     ok = True
     for size, (rows, meta) in results.items():
-        floor, guide, _, acci = rows
+        floor, guide, _, acci, by_hand = rows
         ratio = acci.seconds / floor.seconds
         speedup = guide.seconds / acci.seconds
         rss_mb = acci.peak_rss_kb / 1024
@@ -254,6 +294,11 @@ def evaluate(results: dict[str, tuple[list[Row], dict]]) -> bool:
                     f"{speedup:.2f}x")
         ok &= check(f"{size}: acci_ops peak RSS < {MAX_RSS_MB} MB", rss_mb < MAX_RSS_MB, f"{rss_mb:.0f} MB")
         engine = meta["duration_seconds"]
+        ok &= check(f"{size}: run_backup / by hand <= {MAX_RATIO_TO_BY_HAND}", engine / by_hand.seconds
+                    <= MAX_RATIO_TO_BY_HAND, f"{engine / by_hand.seconds:.2f}x")
+        blocks = acci.server_blocks / max(floor.server_blocks, 1)
+        ok &= check(f"{size}: acci_ops server blocks / pg_dump's <= {MAX_BLOCKS_RATIO}", blocks <= MAX_BLOCKS_RATIO,
+                    f"{blocks:.3f}x ({acci.server_blocks:,} / {floor.server_blocks:,})")
         log(f"info  {size}: run_backup alone (no Dagster start-up) is {engine / floor.seconds:.2f}x the floor, "
             f"guide / run_backup {guide.seconds / engine:.2f}x")
     return ok
@@ -297,7 +342,7 @@ def main() -> int:
             log("")
             log(f"pass {label}: database {dbname}, {size:,.0f} MB (pgbench -s {pgbench_scale} + {text_rows:,} "
                 f"text rows); load average {os.getloadavg()[0]:.2f}")
-            rows_out, meta = bench.run(["floor", "guide", "custom", "acci_ops"])
+            rows_out, meta = bench.run(["floor", "guide", "custom", "acci_ops", "by_hand"])
             results[f"{label} ({size:,.0f} MB)"] = (rows_out, meta)
             print_table(f"Results, {label} pass: {dbname}, {size:,.0f} MB database", rows_out, meta)
         ok = evaluate(results)

@@ -126,6 +126,15 @@ def test_several_environments_get_prefixed_keys(tmp_path, monkeypatch):
     job = defs.resolve_job_def("nightly_backup")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
         "production/db_backup", "production/db_backup_offsite", "staging/db_backup"}
+    # Several environments: steps in their own processes, so one environment never waits on another.
+    assert job.executor_def.name == "multi_or_in_process_executor"
+
+
+def test_one_environment_nightly_job_runs_in_process(monkeypatch):
+    """A subprocess per step costs ~3 s of a ~5 s nightly run (benchmarks/run_overhead.py); with one
+    environment the steps run one after another anyway."""
+    defs = defs_from_env()
+    assert defs.resolve_job_def("nightly_backup").executor_def.name == "in_process"
 
 
 def keys_of(environ: dict) -> list[str]:

@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "validation": {"core", "storage", "postgres", "backup"},
     "platform": {"core", "postgres"},
     "dr": {"core", "storage", "postgres", "backup", "validation", "platform"},
+    "images": {"core", "postgres"},
 }
 FORBIDDEN_PREFIXES = ("dagster", "acci_ops.defs", "acci_ops.dev", "acci_ops_tests", "acci_ops.settings",
                       "acci_ops.definitions")

@@ -1,6 +1,7 @@
 """DR drills (scheduled, isolated, measured) and the guarded on-call disaster_recovery job."""
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -8,7 +9,9 @@ from pydantic import Field
 
 from acci_ops.defs._shared import asset_key, environment_spec, keyring_or_warn, resource_keys, section_resource
 from acci_ops.defs.alerts.resources import AlertWebhook, notify
+from acci_ops.defs.dr.config import NonBlankString, environment_enum
 from acci_ops.defs.dr.plans import Plan, check_confirmation, plan_drill, plan_recovery
+from acci_ops.defs.dr.resources import fixed_resources
 from acci_ops.defs.validation.checks import validated_asset_key
 from acci_ops.lib.core.steps import human_duration
 from acci_ops.lib.dr.procedures import ProcedureReport, run_drill, run_recovery, store_procedure_report
@@ -150,24 +153,46 @@ def _recovery_finished(context: dg.OpExecutionContext, webhook: AlertWebhook, pl
         raise dg.Failure(description=report.failure)
 
 
+@dataclass(frozen=True)
+class RecoveryAnswers:
+    """The disaster_recovery Launchpad's answers, already checked by the job's config schema."""
+
+    environment: str
+    confirm: str
+    operator: str
+    backup_key: str
+    skip_infrastructure: bool
+    allow_unvalidated_backup: bool
+
+
 def build_recovery_job(specs: list[EnvironmentSpec], settings: Settings) -> dg.JobDefinition:
-    """``specs``: the environments with DR configured."""
+    """``specs``: the environments with DR configured. The job binds every resource as the code
+    location configured it (``fixed_resources``), so its Launchpad offers no resource config."""
     names = ", ".join(s.name for s in specs)
 
-    class DisasterRecoveryConfig(dg.Config):
-        environment: str = Field(description=f"Environment to recover ({names}).")
-        confirm: str = Field(description="Type the environment's name again, by hand. Nothing runs unless it matches.")
-        operator: str = Field(description="Who is launching this (name or handle); recorded on the run.")
-        backup_key: str = Field(default="", description="Backup to restore (default: the newest one signed by "
-                                "acci_ops with a signed, passing validation record).")
-        skip_infrastructure: bool = Field(default=False, description="Skip step 1 (Helm/Compose) when the "
-                                          "infrastructure is still up and only data must be restored.")
-        allow_unvalidated_backup: bool = Field(default=False, description="Allow a backup that failed or never "
-                                               "passed validation. Only when nothing better exists.")
+    config_schema = {
+        "environment": dg.Field(environment_enum("DrEnvironment", [s.name for s in specs], "Recover"),
+                                description=f"Environment to recover ({names})."),
+        "confirm": dg.Field(NonBlankString("DrConfirmation", "'confirm' must be the environment's name, typed "
+                                           "again by hand"),
+                            description="Type the environment's name again, by hand. Nothing runs unless it matches."),
+        "operator": dg.Field(NonBlankString("DrOperator", "'operator' must name who is launching this"),
+                             description="Who is launching this (name or handle); recorded on the run."),
+        "backup_key": dg.Field(str, default_value="", description=(
+            "Backup to restore (default: the newest one signed by acci_ops with a signed, passing "
+            "validation record).")),
+        "skip_infrastructure": dg.Field(bool, default_value=False, description=(
+            "Skip step 1 (Helm/Compose) when the infrastructure is still up and only data must be restored.")),
+        "allow_unvalidated_backup": dg.Field(bool, default_value=False, description=(
+            "Allow a backup that failed or never passed validation. Only when nothing better exists.")),
+    }
 
     @dg.op(required_resource_keys=resource_keys(specs, "backup", "dr") | {"alert_webhook"},
-           description="Guarded: restores production from a backup.")
-    def recover_environment(context: dg.OpExecutionContext, config: DisasterRecoveryConfig) -> None:
+           config_schema=config_schema, description="Guarded: restores production from a backup.")
+    def recover_environment(context: dg.OpExecutionContext) -> None:
+        # A plain config schema, not a dg.Config: its types refuse blank answers before the run
+        # exists (acci_ops/defs/dr/config.py); a pydantic validator would only run in here.
+        config = RecoveryAnswers(**context.op_config)
         check_confirmation(config.environment, config.confirm, config.operator)
         spec = environment_spec(settings, config.environment, needs_dr=True)
         env = section_resource(context, "backup", spec.name)
@@ -194,6 +219,7 @@ def build_recovery_job(specs: list[EnvironmentSpec], settings: Settings) -> dg.J
             "another environment's backups, and unvalidated ones unless overridden. See README, 'Disaster recovery'."
         ),
         tags={"acci/operation": "dr"},
+        resource_defs=fixed_resources(settings, specs),
     )
     def disaster_recovery() -> None:
         recover_environment()

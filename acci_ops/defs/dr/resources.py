@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import dagster as dg
 from pydantic import Field
 
-from acci_ops.defs._shared import resource_from_spec, spec_resource
+from acci_ops.defs._shared import resource_from_spec, resource_key, spec_resource
+from acci_ops.defs.alerts.resources import alert_resource
+from acci_ops.defs.backups.resources import backup_resource
+from acci_ops.defs.validation.resources import validation_resource
 from acci_ops.lib.core.errors import ConfigError
 from acci_ops.lib.platform.backends import ComposePlatform, HelmPlatform, LocalPlatform, Platform
 from acci_ops.lib.platform.paths import deploy_dir
 from acci_ops.lib.platform.paths import resolve_deploy_path as _path
-from acci_ops.settings import DrSpec, EnvironmentSpec
+from acci_ops.settings import DrSpec, EnvironmentSpec, Settings
 
 PROJECT_ROOT = deploy_dir().parent  # holds deploy/ (package data): the same in a checkout and installed
 
@@ -37,3 +43,41 @@ class AcciDisasterRecovery(spec_resource(DrSpec, "AcciDisasterRecoveryFields",
 
 def dr_resource(spec: EnvironmentSpec) -> AcciDisasterRecovery:
     return resource_from_spec(AcciDisasterRecovery, spec.dr, environment=spec.name)
+
+
+def fixed_resource(resource: dg.ConfigurableResource) -> dg.ResourceDefinition:
+    """``resource`` as the code location configured it, with an empty config schema: a Launchpad
+    cannot change it (any ``resources: {key: {config: ...}}`` entry is a config error, so a tired
+    person cannot switch ``platform`` or a URL by accident). Its ``EnvVar`` references are still
+    read when the run starts, never stored in the definitions or the run config."""
+    def initialize(_context: dg.InitResourceContext) -> Iterator[object]:
+        # The context manager form: process_config_and_initialize() enters a throwaway Dagster
+        # instance and never leaves it, which left a dead instance current for later code.
+        with resource.process_config_and_initialize_cm() as value:
+            yield value
+
+    return dg.ResourceDefinition(
+        resource_fn=initialize,
+        config_schema={},
+        description=(f"{type(resource).__name__}: from the code location's settings (ACCI_* variables or the "
+                     "environments file); not editable here."),
+    )
+
+
+def fixed_resources(settings: Settings, specs: list[EnvironmentSpec]) -> dict[str, dg.ResourceDefinition]:
+    """Every resource the code location declares (backup, validation, DR, alerts), fixed, for a
+    job whose Launchpad must not offer resource config. Job-level resources take precedence over
+    the Definitions-level ones with the same key; ``test_dr_launchpad`` fails if another domain
+    adds a resource that this list misses."""
+    resources: dict[str, dg.ConfigurableResource] = {"alert_webhook": alert_resource(settings.alerts)}
+    for spec in settings.environments:
+        resources[resource_key("backup", spec.name)] = backup_resource(spec)
+        if spec.validates:
+            resources[resource_key("validation", spec.name)] = validation_resource(spec)
+    for spec in specs:
+        resources[resource_key("dr", spec.name)] = dr_resource(spec)
+    if settings.images.enabled:
+        from acci_ops.defs.images.resources import RESOURCE_KEY, images_resource
+
+        resources[RESOURCE_KEY] = images_resource(settings.images)
+    return {key: fixed_resource(resource) for key, resource in resources.items()}

@@ -4,8 +4,9 @@ Shape borrowed from WAL-G (Disk -> Compress -> Network as one stream): pg_dump w
 archive with its own compression off, python-zstandard compresses it (by default level 1 on one
 worker thread, which overlaps compressing with reading; see BackupSettings), the bytes are hashed
 as they pass, and the store uploads fixed-size parts. Memory is bounded by the part buffer,
-whatever the database size. Row counts and the dump come from one exported snapshot, so the
-manifest describes exactly what is in the archive.
+whatever the database size. The row counts are read from the archive bytes as they pass
+(lib/backup/archive_counts.py), so the manifest describes exactly what is in the archive and the
+database is read once, by pg_dump, not a second time by ``count(*)``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import UTC, date, datetime
 import psycopg
 import zstandard
 
+from acci_ops.lib.backup.archive_counts import ArchiveCounts, ArchiveRowCounter
 from acci_ops.lib.backup.layout import dump_key, manifest_key_for
 from acci_ops.lib.backup.manifest import BackupManifest
 from acci_ops.lib.backup.signing import Keyring
@@ -94,8 +96,10 @@ class _DumpStream:
     """
 
     def __init__(self, proc: subprocess.Popen, stderr_tail: deque, stderr_pump: threading.Thread,
-                 killed_for_timeout: threading.Event, max_runtime: float) -> None:
+                 killed_for_timeout: threading.Event, max_runtime: float,
+                 counter: ArchiveRowCounter | None = None) -> None:
         self._proc = proc
+        self._counter = counter
         self._tail = stderr_tail
         self._pump = stderr_pump
         self._timeout = killed_for_timeout
@@ -106,6 +110,8 @@ class _DumpStream:
         data = self._proc.stdout.read(size if size and size > 0 else 1 << 20)
         if data:
             self.bytes += len(data)
+            if self._counter is not None:
+                self._counter.feed(data)
             return data
         rc = self._proc.wait()
         self._pump.join(10)
@@ -159,8 +165,9 @@ def run_backup(*, environment: str, target: DatabaseTarget, store: ObjectStore, 
         objects = catalog.list_objects(conn)
         tables = catalog.countable_tables(conn)
         key = dump_key(environment, partition, target.dbname, started)
-        result = _stream_dump(pg_dump, target, store, key, snapshot_id, conn, tables, settings, log)
-        dump_bytes, stored_bytes, sha256, row_counts = result
+        dump_bytes, stored_bytes, sha256, archive = _stream_dump(pg_dump, target, store, key, snapshot_id, settings,
+                                                                 log)
+        row_counts, unavailable = table_counts(archive, tables)
     except psycopg.Error as exc:
         raise BackupError(f"PostgreSQL {target.describe()} failed during the backup: {explain_pg_error(exc)}") from None
     finally:
@@ -174,7 +181,8 @@ def run_backup(*, environment: str, target: DatabaseTarget, store: ObjectStore, 
         started_at=started.isoformat(), finished_at=finished.isoformat(),
         snapshot_at=snapshot_at.astimezone(UTC).isoformat(), server_version=server_version,
         pg_dump_version=dump_version, dump_bytes=dump_bytes, stored_bytes=stored_bytes, sha256=sha256,
-        row_counts=row_counts, objects=objects,
+        row_counts=row_counts, objects=objects, row_counts_unavailable=unavailable,
+        large_objects=None if unavailable else archive.large_objects,
     )
     if keyring is not None:
         manifest.signature = keyring.signature(manifest.payload())
@@ -185,14 +193,33 @@ def run_backup(*, environment: str, target: DatabaseTarget, store: ObjectStore, 
         store.delete(key)
         raise
     duration = time.monotonic() - t0
+    if unavailable:
+        log(f"WARNING: no row counts in the manifest: {unavailable}; validation will report it")
+    else:
+        log(f"counted {sum(row_counts.values()):,} rows in {len(row_counts)} tables and "
+            f"{archive.large_objects} large objects from the archive")
     log(f"backup complete: {store.uri_for(key)} ({human_bytes(stored_bytes)} stored from "
         f"{human_bytes(dump_bytes)} dumped, {human_duration(duration)})")
     return BackupResult(manifest, store.uri_for(key), store.uri_for(manifest_key_for(key)), duration)
 
 
+def table_counts(archive: ArchiveCounts, tables: list[tuple[str, str]]) -> tuple[dict[str, int], str | None]:
+    """The manifest's row counts: the archive's count for every plain table and partition of the
+    catalog (the same keys a restored database's ``count(*)`` gives, see catalog.countable_tables),
+    or no counts and the reason. Tables pg_dump dumps that the catalog does not count (an
+    extension's configuration tables) are left out, as before."""
+    if not archive.available:
+        return {}, f"the archive could not be read for row counts: {archive.error}"
+    names = [f"{schema}.{name}" for schema, name in tables]
+    missing = [name for name in names if name not in archive.rows]
+    if missing:
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        return {}, f"the archive holds no data for table {missing[0]}{more}"
+    return {name: archive.rows[name] for name in names}, None
+
+
 def _stream_dump(pg_dump: str, target: DatabaseTarget, store: ObjectStore, key: str, snapshot_id: str,
-                 conn: psycopg.Connection, tables: list[tuple[str, str]], settings: BackupSettings,
-                 log: Log) -> tuple[int, int, str, dict[str, int]]:
+                 settings: BackupSettings, log: Log) -> tuple[int, int, str, ArchiveCounts]:
     argv = [pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot_id}", "--no-password"]
     log("running " + " ".join(argv[1:]) + f" on {target.describe()}")
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -210,20 +237,9 @@ def _stream_dump(pg_dump: str, target: DatabaseTarget, store: ObjectStore, key: 
     watchdog.daemon = True
     watchdog.start()
 
-    # Count rows in the exporting transaction while pg_dump streams: same snapshot, other core.
-    counts: dict[str, int] = {}
-    count_error: list[BaseException] = []
-
-    def count_rows() -> None:
-        try:
-            counts.update(catalog.exact_row_counts(conn, tables))
-        except BaseException as exc:  # noqa: BLE001 - reported after the stream
-            count_error.append(exc)
-
-    counter = threading.Thread(target=count_rows, daemon=True)
-    counter.start()
-
-    source = _DumpStream(proc, tail, pump, timed_out, settings.max_runtime_seconds)
+    # The rows are counted from the archive bytes on their way to the compressor.
+    counter = ArchiveRowCounter()
+    source = _DumpStream(proc, tail, pump, timed_out, settings.max_runtime_seconds, counter)
     # A content checksum in the frame lets `zstd -t` and a by-hand `zstd -dc` detect corruption on
     # their own, without the manifest.
     compressor = zstandard.ZstdCompressor(level=settings.zstd_level, threads=settings.zstd_threads,
@@ -235,14 +251,9 @@ def _stream_dump(pg_dump: str, target: DatabaseTarget, store: ObjectStore, key: 
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        counter.join()
         if isinstance(exc, AcciOpsError):
             raise
         raise BackupError(f"upload of {store.uri_for(key)} failed: {exc}") from exc
     finally:
         watchdog.cancel()
-    counter.join()
-    if count_error:
-        store.delete(key)
-        raise BackupError(f"counting rows in the backup snapshot failed: {explain_pg_error(count_error[0])}")
-    return source.bytes, hashed.bytes, hashed.sha256.hexdigest(), counts
+    return source.bytes, hashed.bytes, hashed.sha256.hexdigest(), counter.finish()

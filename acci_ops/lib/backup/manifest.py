@@ -171,13 +171,27 @@ class BackupManifest(SignedDocument):
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     signature: str | None = None  # HMAC over the other fields (lib/backup/signing.py); None: unsigned
+    # Row counts are read from the archive as it streams (lib/backup/archive_counts.py). When that
+    # fails the backup still stands, row_counts is empty and this says why (validation reports it).
+    row_counts_unavailable: str | None = None
+    large_objects: int | None = None  # large objects in the archive (not rows of any table)
+
+    # Written only when set, so manifests without them read the same as before these fields existed.
+    _OMIT_WHEN_NONE = ("row_counts_unavailable", "large_objects")
+
+    def payload(self) -> dict[str, Any]:
+        doc = super().payload()
+        for name in self._OMIT_WHEN_NONE:
+            if doc.get(name) is None:
+                doc.pop(name, None)
+        return doc
 
     @classmethod
     def from_json(cls, data: bytes, *, where: str = "manifest") -> BackupManifest:
         """Parse and check a manifest strictly; a foreign or damaged one gives a one-line reason
         naming ``where``. The signature is carried, not checked (see lib/backup/signing.py)."""
         known = set(cls.__dataclass_fields__)
-        optional = {"objects", "compression", "dump_format", "signature"}
+        optional = {"objects", "compression", "dump_format", "signature", "row_counts_unavailable", "large_objects"}
         raw = check_shape(parse_json(data, where), where, FORMAT, FORMAT_VERSION, known, known - optional,
                           "backup manifest")
         f = Fields(raw, where)
@@ -205,6 +219,8 @@ class BackupManifest(SignedDocument):
             compression=f.exact("compression", "zstd") if "compression" in raw else "zstd",
             dump_format=f.exact("dump_format", "pg_dump-custom") if "dump_format" in raw else "pg_dump-custom",
             signature=signature,
+            row_counts_unavailable=f.optional_string("row_counts_unavailable", max_len=1000),
+            large_objects=f.integer("large_objects", MAX_ROWS) if raw.get("large_objects") is not None else None,
         )
 
     @property

@@ -336,6 +336,8 @@ def compare_contents(manifest: BackupManifest, counts: dict[str, int], objects: 
             problems.append(f"missing {kind}: {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
         if extra:
             problems.append(f"unexpected {kind}: {', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}")
+    if manifest.row_counts_unavailable:
+        problems.append(f"the manifest holds no row counts to check against ({manifest.row_counts_unavailable})")
     wrong = [f"{t} has {counts.get(t)} rows, manifest {n}" for t, n in sorted(manifest.row_counts.items())
              if counts.get(t) != n]
     if wrong:

