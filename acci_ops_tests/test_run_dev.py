@@ -138,8 +138,8 @@ def test_run_dev_stops_everything_on_term_and_int_and_starts_again() -> None:
     ui, pg, redis, registry = _free_port(), _free_port(), _free_port(), _free_port()
     ports = [ui, pg, redis, registry]
     # redis-server rewrites its command line to "redis-server 127.0.0.1:<port>".
-    markers = [str(dev_dir), f"-p {ui}", f"--port {ui}", f"--port {redis}", f":{redis}", f":{pg}", f"-p {pg}", f"--port {registry}",
-               str(dev_dir / "registry")]
+    markers = [str(dev_dir), f"-p {ui}", f"--port {ui}", f"--port {redis}", f":{redis}", f":{pg}", f"-p {pg}",
+               f"--port {registry}", str(dev_dir / "registry")]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCI_", "DAGSTER_"))}
     env.update(ACCI_DEV_DIR=str(dev_dir), ACCI_DEV_UI_PORT=str(ui), ACCI_DEV_PG_PORT=str(pg),
                ACCI_DEV_REDIS_PORT=str(redis), ACCI_DEV_REGISTRY_PORT=str(registry))
