@@ -15,6 +15,8 @@ from acci_ops.dev.registry import LocalRegistry
 from acci_ops.lib.images.registry import Registry
 from acci_ops.lib.images.source import SourceTag
 from acci_ops.lib.images.tools import ContainerTools
+from acci_ops.lib.postgres.scratch import list_scratch_databases
+from acci_ops.lib.postgres.urls import parse_database_url
 from acci_ops_tests.fixtures.defs import defs_from_env
 from acci_ops_tests.fixtures.images import REGISTRY_PASSWORD, REGISTRY_USERNAME
 
@@ -98,6 +100,23 @@ def test_a_commit_partition_is_a_non_release_build(image_env, registry, instance
     assert meta["release"] is False and meta["source_tag"] == "(non-release build)"
     assert meta["tags"] == f"sha-{commit[:12]}" and meta["revision"] == commit
     assert reg.tag_digest(f"sha-{commit[:12]}") == meta["image_digest"] and reg.tag_digest("1.1.0") is None
+
+
+def test_smoke_test_gets_a_throwaway_database_that_is_dropped_after(image_env, registry, instance, scratch_url):
+    """With a validation scratch server configured, the smoke-tested image gets a database of its own
+    there (never production's), dropped afterwards."""
+    use_registry(image_env, registry, "defs/throwaway")
+    image_env.setenv("ACCI_SCRATCH_DATABASE_URL", scratch_url)
+    scratch = parse_database_url(scratch_url)
+    before = set(list_scratch_databases(scratch))
+    result = build(instance, "1.0.0")
+    assert result.success, failure_of(result)
+    [evaluation] = [e.event_specific_data for e in result.all_events
+                    if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                    and e.event_specific_data.check_name == "smoke_test"]
+    about = evaluation.metadata["throwaway_database"].value
+    assert about.startswith("acci_scratch_") and "(dropped after)" in about
+    assert set(list_scratch_databases(scratch)) == before  # dropped
 
 
 def test_a_hostile_partition_key_is_refused_before_git(image_env, registry, instance):

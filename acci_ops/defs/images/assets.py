@@ -8,7 +8,9 @@ and the step fails with the check's one-line cause.
 """
 
 
+import dataclasses
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 from pydantic import Field
@@ -25,6 +27,7 @@ from acci_ops.lib.images.sbom import provenance_statement, sbom_document
 from acci_ops.lib.images.scan import vulnerability_scan
 from acci_ops.lib.images.smoke import smoke_test
 from acci_ops.lib.images.source import Checkout
+from acci_ops.lib.postgres.scratch import create_scratch_database, drop_scratch_database, new_scratch_name
 
 ASSET_KEY = dg.AssetKey("acci_image")
 GROUP = "images"
@@ -78,7 +81,36 @@ def _check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
                                severity=severity, description=outcome.description, metadata=metadata)
 
 
-def build_image_asset() -> dg.AssetsDefinition:
+@contextmanager
+def throwaway_services(context: dg.AssetExecutionContext, images: ImageBuilder, scratch_key: str | None,
+                       drill_key: str | None) -> Iterator[tuple[str | None, str | None, dict[str, str]]]:
+    """(database URL, Redis URL, metadata) for the smoke-tested image, never production's: the ones
+    named by ACCI_IMAGE_SMOKE_*; else a new scratch database on the validation scratch server
+    (dropped afterwards, whatever happens) and the drill Redis, when those are configured."""
+    database, redis, about = images.smoke_database_url or None, images.smoke_redis_url or None, {}
+    created = None
+    if database is None and scratch_key:
+        validation = getattr(context.resources, scratch_key)
+        scratch = validation.scratch()
+        name = new_scratch_name()
+        create_scratch_database(scratch, name, allow_superuser=validation.scratch_allow_superuser)
+        created = (scratch, name)
+        database = dataclasses.replace(scratch, dbname=name).to_url()
+        about["throwaway_database"] = f"{name} on the scratch server {scratch.host}:{scratch.port} (dropped after)"
+    if redis is None and drill_key:
+        redis = getattr(context.resources, drill_key).drill_redis_url or None
+        if redis:
+            about["throwaway_redis"] = "the drill Redis (ACCI_DRILL_REDIS_URL)"
+    try:
+        yield database, redis, about
+    finally:
+        if created:
+            drop_scratch_database(*created)
+
+
+def build_image_asset(scratch_key: str | None = None, drill_key: str | None = None) -> dg.AssetsDefinition:
+    """``scratch_key`` / ``drill_key``: resources whose scratch server and drill Redis give the smoke
+    test its throwaway database and Redis (None: the image gets none unless ACCI_IMAGE_SMOKE_* say)."""
     @dg.multi_asset(
         name="build_acci_image",
         specs=[dg.AssetSpec(
@@ -95,7 +127,7 @@ def build_image_asset() -> dg.AssetsDefinition:
                      for name, text in CHECKS.items()],
         partitions_def=ACCI_VERSIONS,
         can_subset=True,  # a no-op rebuild reports nothing new: no materialization, no check results
-        required_resource_keys={RESOURCE_KEY},
+        required_resource_keys={RESOURCE_KEY} | {k for k in (scratch_key, drill_key) if k},
     )
     def build_acci_image(context: dg.AssetExecutionContext, config: BuildImageConfig) -> Iterator[object]:
         key = context.partition_key
@@ -110,7 +142,10 @@ def build_image_asset() -> dg.AssetsDefinition:
         log = context.log.info
 
         def smoke(local: LocalIndex, checkout: Checkout) -> CheckOutcome:
-            return smoke_test(tools, local.oci_dir, smoke_cfg, log=log)
+            with throwaway_services(context, images, scratch_key, drill_key) as (database, redis, about):
+                config = dataclasses.replace(smoke_cfg, database_url=database, redis_url=redis)
+                outcome = smoke_test(tools, local.oci_dir, config, log=log)
+            return dataclasses.replace(outcome, metadata={**outcome.metadata, **about})
 
         def policy(local: LocalIndex, checkout: Checkout) -> CheckOutcome:
             dockerfile = checkout.path / settings.dockerfile
@@ -132,7 +167,7 @@ def build_image_asset() -> dg.AssetsDefinition:
                 revision=checkout.commit, source_ref=checkout.ref,
                 build_parameters={"platforms": list(settings.platforms), "dockerfile": settings.dockerfile,
                                   "context": settings.context, "source_date_epoch": checkout.commit_epoch},
-                base_images={name: None for name in local.base_images},
+                base_images=dict(local.base_image_digests),
                 platform_digests={p: img.digest for p, img in local.platforms.items()},
                 invocation_id=context.run_id)
             return [Artifact("att", statement, "application/vnd.in-toto+json",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from acci_ops.defs._shared import resource_key
 from acci_ops.defs.images.assets import ASSET_KEY, build_image_asset
 from acci_ops.defs.images.resources import RESOURCE_KEY, images_resource
 from acci_ops.defs.images.sensors import build_source_tag_sensor
@@ -26,8 +27,13 @@ def build_defs(settings: Settings) -> dg.Definitions:
         tags={"acci/operation": "image_build"},
         executor_def=dg.in_process_executor,
     )
+    # The smoke test's throwaway database and Redis: the first environment's scratch server and drill Redis.
+    scratch = next((e.name for e in settings.environments if e.validates), None)
+    drill = next((e.name for e in settings.environments if e.dr and e.dr.drill_redis_url_env), None)
+    asset = build_image_asset(resource_key("validation", scratch) if scratch else None,
+                              resource_key("dr", drill) if drill else None)
     return dg.Definitions(
-        assets=[build_image_asset()],
+        assets=[asset],
         jobs=[job],
         sensors=[build_source_tag_sensor(spec, job)],
         resources={RESOURCE_KEY: images_resource(spec)},

@@ -163,11 +163,24 @@ def run_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, ti
         if stdin_file:
             stdin.close()
     pump = pump_lines(proc.stdout, on_line, tail)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    # A blocking wait, with a timer that kills the tool at the deadline: Popen.wait(timeout=...)
+    # polls with sleeps of up to 50 ms, a delay every short tool call would pay.
+    expired = threading.Event()
+
+    def kill() -> None:
+        expired.set()
         proc.kill()
+
+    timer = threading.Timer(timeout, kill) if timeout is not None else None
+    if timer:
+        timer.daemon = True
+        timer.start()
+    try:
         proc.wait()
+    finally:
+        if timer:
+            timer.cancel()
+    if expired.is_set() and proc.returncode == -9:  # killed by the timer, not exited just before it
         pump.join(5)
         name = os.path.basename(argv[0])
         raise AcciOpsError(f"{name} did not finish within {timeout:.0f} s and was killed") from None

@@ -6,12 +6,18 @@ with file and config times taken from the commit, so the same commit gives the s
 directory: the staging copy every check reads and the push copies from, byte for byte. Each build
 uses storage of its own under its work directory (removed afterwards), so concurrent builds never
 share a lock or a half-built image, and nothing accumulates.
+
+Base images: after the build, and before that storage is removed, the images buildah pulled for
+each external ``FROM`` are looked up in it (``buildah images`` / ``buildah inspect``), so the
+digests recorded are the ones the build used, not what a tag points at later.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -55,6 +61,12 @@ class LocalIndex:
     labels: dict[str, str] = field(default_factory=dict)
     build_seconds: float = 0.0
     base_images: tuple[str, ...] = ()
+    # What each FROM image resolved to in the build (``resolve_base_digests``): name -> digest (an
+    # index digest for a multi-arch base), or ``name#platform`` -> digest when it must be recorded
+    # per platform; None = unknown (logged). ``base_platform_digests``: name -> {platform: the
+    # manifest digest of the variant that platform's build used}.
+    base_image_digests: dict[str, str | None] = field(default_factory=dict)
+    base_platform_digests: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def info(self) -> IndexInfo:
         return read_index(self.oci_dir)
@@ -100,20 +112,184 @@ def _public_url(repo: str) -> str:
     return re.sub(r"//[^/@]+@", "//", repo)
 
 
-def base_images(dockerfile: Path) -> tuple[str, ...]:
-    """The external images named in FROM lines (stage names and ``scratch`` excluded)."""
+_FROM_LINE = re.compile(r"^\s*FROM\s+((?:--\S+\s+)*)(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE)
+_ARG_LINE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(\S*))?", re.IGNORECASE)
+
+
+def _from_images(text: str, build_args: Mapping[str, str] | None = None) -> list[tuple[str, bool]]:
+    """``(image, has --platform flag)`` for each external FROM image, first use first; global
+    ``ARG`` defaults (before the first FROM) and ``build_args`` are substituted."""
+    args = dict(build_args or {})
     stages: set[str] = set()
-    found: list[str] = []
-    for line in dockerfile.read_text(errors="replace").splitlines():
-        match = re.match(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
+    found: dict[str, bool] = {}
+    seen_from = False
+    for line in text.splitlines():
+        arg = _ARG_LINE.match(line)
+        if arg and not seen_from:
+            if arg.group(2) is not None:  # ``ARG X`` without a default leaves ${X} as written
+                args.setdefault(arg.group(1), arg.group(2).strip("'\""))
+            continue
+        match = _FROM_LINE.match(line)
         if not match:
             continue
-        image, alias = match.group(1), match.group(2)
-        if image.lower() != "scratch" and image not in stages and image not in found:
-            found.append(image)
-        if alias:
-            stages.add(alias)
-    return tuple(found)
+        seen_from = True
+        image = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: args.get(m.group(1), m.group(0)), match.group(2))
+        flagged = "--platform" in match.group(1).lower()
+        if image.lower() != "scratch" and image not in stages:
+            found[image] = found.get(image, False) or flagged
+        if match.group(3):
+            stages.add(match.group(3))
+    return list(found.items())
+
+
+def base_images(dockerfile: Path, build_args: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The external images named in FROM lines (stage names and ``scratch`` excluded)."""
+    return tuple(image for image, _ in _from_images(dockerfile.read_text(errors="replace"), build_args))
+
+
+def normalize_reference(name: str) -> str:
+    """An image reference as containers-storage names it: ``debian:12`` ->
+    ``docker.io/library/debian:12``, ``host:5000/x`` -> ``host:5000/x:latest``; digests kept."""
+    path, _, digest = name.partition("@")
+    first, _, rest = path.partition("/")
+    if not rest or ("." not in first and ":" not in first and first != "localhost"):
+        path = "docker.io/" + (path if rest else f"library/{path}")
+    if not digest and ":" not in path.rsplit("/", 1)[-1]:
+        path += ":latest"
+    return f"{path}@{digest}" if digest else path
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """One image in a build's containers-storage. ``names``: its current and earlier names (the
+    pull of a multi-arch base for a second platform takes the tag over from the first);
+    ``top_digest``: what was pulled (the index for a multi-arch base); ``manifest_digest``: this
+    image's own (one-platform) manifest; ``platform``: ``os/arch[/variant]``."""
+
+    image_id: str
+    names: frozenset[str]
+    top_digest: str
+    manifest_digest: str
+    platform: str
+
+
+def _buildah_output(storage: ContainerTools, *args: str, timeout: float = 120) -> str:
+    """A buildah command's standard output (for JSON/template output), one-line error on failure."""
+    try:
+        proc = subprocess.run(storage.buildah_argv(*args), env=storage.env(), capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise AcciOpsError(f"buildah {args[0]} did not finish within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        raise AcciOpsError(f"buildah {args[0]} failed (exit code {proc.returncode}): {lines[-1] if lines else ''}")
+    return proc.stdout
+
+
+def stored_images(storage: ContainerTools, wanted: Sequence[str]) -> list[StoredImage]:
+    """The images in ``storage`` carrying (now or earlier) one of the ``wanted`` normalized names."""
+    rows = _buildah_output(storage, "images", "--all", "--history", "--no-trunc", "--format",
+                           "{{.ID}}|{{.Name}}|{{.Tag}}|{{.Digest}}|{{.History}}")
+    names: dict[str, set[str]] = {}
+    tops: dict[str, str] = {}
+    for row in rows.splitlines():
+        parts = row.split("|")
+        if len(parts) != 5:
+            continue
+        image_id, name, tag, digest, history = (p.strip() for p in parts)
+        here = names.setdefault(image_id, set())
+        if name != "<none>" and tag != "<none>":
+            here.add(f"{name}:{tag}")
+        if history != "<none>":
+            here.update(h.strip() for h in history.split(",") if h.strip())
+        tops[image_id] = digest
+    out: list[StoredImage] = []
+    for image_id, image_names in names.items():
+        if not image_names & set(wanted):
+            continue
+        about = json.loads(_buildah_output(storage, "inspect", "--type", "image", image_id))
+        config = about.get("OCIv1") or {}
+        platform = f"{config.get('os', '?')}/{config.get('architecture', '?')}"
+        if config.get("variant"):
+            platform += f"/{config['variant']}"
+        out.append(StoredImage(image_id, frozenset(image_names), tops[image_id], about.get("FromImageDigest", ""),
+                               platform))
+    return out
+
+
+def _same_platform(image_platform: str, target: str) -> bool:
+    """``linux/arm64/v8`` (as pulled) serves the target ``linux/arm64``."""
+    have, want = image_platform.split("/"), target.split("/")
+    return have[:2] == want[:2] and (len(want) < 3 or have[2:3] == want[2:3])
+
+
+def resolve_base_digests(bases: Sequence[tuple[str, bool]], platforms: Sequence[str], images: Sequence[StoredImage],
+                         log: LineSink | None = None) -> tuple[dict[str, str | None], dict[str, dict[str, str]]]:
+    """``(digests, per-platform digests)`` of the FROM images ``(name, has --platform flag)`` from
+    the build's stored images. A base is recorded by its index digest when every platform's pull
+    came from that one index; otherwise per platform as ``name#platform`` (the tag moved between
+    two pulls, or another name shares the image so its index is not attributable); a base not
+    found is recorded as None. Each case that is not the plain one is logged in one line."""
+    say = log or (lambda _line: None)
+    digests: dict[str, str | None] = {}
+    per_platform: dict[str, dict[str, str]] = {}
+    for name, flagged in bases:
+        ref = normalize_reference(name)
+        matched = [img for img in images if ref in img.names and img.manifest_digest]
+        used = {img.platform: img for img in sorted(matched, key=lambda i: i.platform)}
+        per_platform[name] = {p: img.manifest_digest for p, img in used.items()}
+        missing = [] if flagged else [t for t in platforms if not any(_same_platform(p, t) for p in used)]
+        if "@" in ref:  # pinned by digest in the Dockerfile: that is what buildah fetched
+            digests[name] = ref.partition("@")[2]
+            if missing:
+                say(f"base image {name}: pinned digest recorded; no image for {', '.join(missing)} found in the "
+                    f"build's storage")
+            continue
+        if not used:
+            digests[name] = None
+            say(f"base image {name}: digest unknown: no image named {ref} in the build's storage")
+            continue
+        tops = {img.top_digest for img in matched}
+        shared = {n for img in matched for n in img.names
+                  if n != ref and not n.endswith("-tmp:latest") and not n.endswith("@" + img.top_digest)}
+        if len(tops) == 1 and not shared and not missing:
+            digests[name] = tops.pop()
+            continue
+        reason = ("it resolved to different digests per platform" if len(tops) > 1 else
+                  f"its image is shared with {', '.join(sorted(shared))}" if shared else
+                  f"no image for {', '.join(missing)} in the build's storage")
+        say(f"base image {name}: recorded per platform ({reason})")
+        for platform, img in used.items():
+            digests[f"{name}#{platform}"] = img.manifest_digest
+        for target in missing:
+            digests[f"{name}#{target}"] = None
+    return digests, per_platform
+
+
+def base_image_refs(digests: Mapping[str, str | None]) -> tuple[str, ...]:
+    """``name@sha256:...`` per base (``name@sha256:... (linux/arm64)`` when per platform,
+    ``name (digest unknown)`` when unresolved): the metadata form of ``base_image_digests``."""
+    out: list[str] = []
+    for key, digest in digests.items():
+        name, _, platform = key.partition("#")
+        suffix = f" ({platform})" if platform else ""
+        out.append(f"{name.partition('@')[0]}@{digest}{suffix}" if digest else f"{name} (digest unknown){suffix}")
+    return tuple(out)
+
+
+def _record_base_digests(storage: ContainerTools, bases: Sequence[tuple[str, bool]], platforms: Sequence[str],
+                         log: LineSink | None) -> tuple[dict[str, str | None], dict[str, dict[str, str]]]:
+    """``resolve_base_digests`` against the build's storage; every base unknown (logged) when the
+    storage cannot be read: a successful build is not failed over its provenance detail."""
+    if not bases:
+        return {}, {}
+    try:
+        images = stored_images(storage, [normalize_reference(name) for name, _ in bases])
+    except (AcciOpsError, ValueError) as exc:
+        if log:
+            log(f"base image digests unknown: reading the build's storage failed: {exc}")
+        return {name: None for name, _ in bases}, {}
+    return resolve_base_digests(bases, platforms, images, log)
 
 
 def _failed_step(lines: Sequence[str], error: CommandFailed) -> str:
@@ -178,6 +354,8 @@ def build_index(tools: ContainerTools, checkout: Checkout, platforms: Sequence[s
         if log:
             log(line)
 
+    bases = _from_images(dockerfile_path.read_text(errors="replace"),
+                         {"SOURCE_DATE_EPOCH": str(checkout.commit_epoch)})
     started = time.monotonic()
     try:
         try:
@@ -187,6 +365,7 @@ def build_index(tools: ContainerTools, checkout: Checkout, platforms: Sequence[s
             if any("no space left on device" in line for line in exc.result.tail):
                 raise AcciOpsError(f"image build ran out of disk space under {workdir}") from None
             raise BuildFailed(_failed_step(lines, exc)) from None
+        base_digests, base_platforms = _record_base_digests(storage, bases, platforms, log)
         try:
             storage.buildah("manifest", "push", "--all", "--format", "oci", "--signature-policy",
                             str(storage.policy_json), list_name, f"oci:{oci_dir}", log=log, timeout=timeout)
@@ -202,4 +381,4 @@ def build_index(tools: ContainerTools, checkout: Checkout, platforms: Sequence[s
     if missing:
         raise BuildFailed(f"the built index lacks platform(s) {', '.join(missing)}")
     return LocalIndex(oci_dir, index_digest, built, labels, round(time.monotonic() - started, 3),
-                      base_images(dockerfile_path))
+                      tuple(name for name, _ in bases), base_digests, base_platforms)

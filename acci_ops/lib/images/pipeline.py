@@ -29,7 +29,7 @@ from typing import Any
 from acci_ops.lib.core.commands import LineSink
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 from acci_ops.lib.images import source
-from acci_ops.lib.images.build import LocalIndex, build_index, parse_platforms
+from acci_ops.lib.images.build import LocalIndex, base_image_refs, build_index, parse_platforms
 from acci_ops.lib.images.elf import elf_outcome
 from acci_ops.lib.images.outcome import Artifact, CheckOutcome
 from acci_ops.lib.images.registry import REVISION_LABEL, Registry
@@ -85,7 +85,10 @@ class BuildReport:
     platforms: dict[str, str] = field(default_factory=dict)
     size_bytes: dict[str, int] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    # The FROM images as ``name@sha256:...`` (``build.base_image_refs``), ``base_image_digests`` the
+    # same as a mapping (``LocalIndex.base_image_digests``: what the provenance statement records).
     base_images: tuple[str, ...] = ()
+    base_image_digests: dict[str, str | None] = field(default_factory=dict)
     build_seconds: float = 0.0
     total_seconds: float = 0.0
     tags: dict[str, str] = field(default_factory=dict)
@@ -191,7 +194,8 @@ def build_version(settings: ImageSettings, ref: str, *, tools: ContainerTools | 
         report.platforms = {p: img.digest for p, img in local.platforms.items()}
         report.size_bytes = {p: img.size_bytes for p, img in local.platforms.items()}
         report.labels = dict(local.labels)
-        report.base_images = local.base_images
+        report.base_image_digests = dict(local.base_image_digests)
+        report.base_images = base_image_refs(local.base_image_digests)
         report.build_seconds = local.build_seconds
         say(f"built {local.index_digest} for {', '.join(platforms)} in {local.build_seconds:.1f} s")
         tags = release_tags(checkout.commit, checkout.version)
