@@ -259,8 +259,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Create the ACCI Framework fixture git repository.")
     parser.add_argument("dest", type=Path)
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the arm64 busybox is cached")
+    parser.add_argument("--good-tag", default=None,
+                        help="also add this good release tag on top (once), e.g. v1.5.0 for ./run dev, whose "
+                             "sensor builds the newest tag first")
     args = parser.parse_args()
     repo = create_fixture_repo(args.dest, args.cache_dir)
+    if args.good_tag and args.good_tag not in repo.commits:
+        repo.commits[args.good_tag] = add_tag(repo.path, args.good_tag)
     for name, commit in sorted(repo.commits.items()):
         print(f"{name} {commit}")
 
