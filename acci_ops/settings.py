@@ -253,6 +253,10 @@ class ImagesSpec:
                                  help="buildah (daemonless, the default) or docker.")
     container_engine: str = setting("podman", var="ACCI_CONTAINER_ENGINE", choices=CONTAINER_ENGINES,
                                     help="Engine that runs images for the smoke test: podman or docker.")
+    docker_host: str | None = setting(
+        None, var="ACCI_DOCKER_HOST",
+        help=("The Docker engine the smoke test uses when ACCI_CONTAINER_ENGINE is docker, as a DOCKER_HOST "
+              "value (unix:///path/docker.sock or tcp://host:port); unset: unix:///var/run/docker.sock."))
     max_mb: float = setting(512, var="ACCI_IMAGE_MAX_MB", minimum=1,
                             help="Largest allowed image per platform, in MiB (image_policy).")
     scan_command: str | None = setting(None, var="ACCI_IMAGE_SCAN_COMMAND",
@@ -616,6 +620,9 @@ def _images(environ: Mapping[str, str]) -> ImagesSpec:
     if bool(spec.source_repo) != bool(spec.image_repository):
         missing = "ACCI_IMAGE_REPOSITORY" if spec.source_repo else "ACCI_SOURCE_REPO"
         raise ConfigError(f"image builds need both ACCI_SOURCE_REPO and ACCI_IMAGE_REPOSITORY; {missing} is unset")
+    if spec.docker_host and not re.match(r"^(unix|tcp)://\S+$", spec.docker_host):
+        raise ConfigError(f"ACCI_DOCKER_HOST {spec.docker_host!r} is not a Docker endpoint; use "
+                          "unix:///path/docker.sock or tcp://host:port")
     if spec.registry_password_env and not spec.registry_username:
         raise ConfigError("ACCI_REGISTRY_PASSWORD is set but ACCI_REGISTRY_USERNAME is not")
     return spec

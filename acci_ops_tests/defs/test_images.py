@@ -86,6 +86,11 @@ def test_release_is_built_checked_pushed_then_a_noop(image_env, registry, instan
     assert again.success and again.asset_materializations_for_node("build_acci_image") == []
     logs = [entry.user_message for entry in instance.all_logs(again.run_id)]
     assert any("is already built from" in m and "nothing to do" in m for m in logs)
+    # force: rebuilt from scratch, checked again, and reproducible: the same digest, no tag moved.
+    forced = build(instance, "1.0.0", force=True)
+    assert forced.success, failure_of(forced)
+    [again_mat] = forced.asset_materializations_for_node("build_acci_image")
+    assert again_mat.metadata["image_digest"].value == digest and reg.tag_digest("1.0.0") == digest
 
 
 def test_a_commit_partition_is_a_non_release_build(image_env, registry, instance, fixture_repo):

@@ -144,7 +144,7 @@ def build_image_asset(scratch_key: str | None = None, drill_key: str | None = No
         def smoke(local: LocalIndex, checkout: Checkout) -> CheckOutcome:
             with throwaway_services(context, images, scratch_key, drill_key) as (database, redis, about):
                 config = dataclasses.replace(smoke_cfg, database_url=database, redis_url=redis)
-                outcome = smoke_test(tools, local.oci_dir, config, log=log)
+                outcome = smoke_test(images.engine(tools), local.oci_dir, config, log=log)
             return dataclasses.replace(outcome, metadata={**outcome.metadata, **about})
 
         def policy(local: LocalIndex, checkout: Checkout) -> CheckOutcome:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from acci_ops.defs._shared import resource_from_spec, spec_resource
 from acci_ops.lib.core.errors import ConfigError
+from acci_ops.lib.images.engines import ContainerEngine, container_engine
 from acci_ops.lib.images.pipeline import ImageSettings
 from acci_ops.lib.images.policy import PolicyConfig
 from acci_ops.lib.images.smoke import SmokeConfig
@@ -35,6 +36,10 @@ class ImageBuilder(spec_resource(ImagesSpec, "ImageBuilderFields")):
 
     def tools(self) -> ContainerTools:
         return ContainerTools(self.storage_path())
+
+    def engine(self, tools: ContainerTools) -> ContainerEngine:
+        """The engine that runs the smoke test (ACCI_CONTAINER_ENGINE; docker at ACCI_DOCKER_HOST)."""
+        return container_engine(self.container_engine, tools, self.docker_host or None)
 
     def smoke_config(self) -> SmokeConfig:
         command = None

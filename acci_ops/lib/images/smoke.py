@@ -2,19 +2,20 @@
 
 A build that passes every static check can still ship an image that crashes on start (a missing
 asset, a binary of the wrong architecture, a bad entrypoint). So the host-platform variant of the
-staged OCI layout is run with podman, exactly as built, with a throwaway database and Redis when
+staged OCI layout is run with the container engine (``ACCI_CONTAINER_ENGINE``: podman, or a Docker
+engine at ``ACCI_DOCKER_HOST``; see ``engines``), exactly as built, with a throwaway database and Redis when
 they are configured (the validation scratch server, the drill Redis: never production's), until
 ``/health`` answers 2xx; ``/metrics`` must then parse as Prometheus text and hold the required
-metrics. The container is removed whatever happens (pass, failure, timeout, exception).
+metrics. The container, and the image when the run added it to the engine, are removed whatever
+happens (pass, failure, timeout, exception).
 
 Database and Redis URLs carry passwords: they reach the container as ``--env NAME`` (name only in
-argv; podman copies the value from its own environment, which acci_ops sets for that one call),
+argv; the engine's CLI copies the value from its own environment, which acci_ops sets for that one call),
 and any text quoted from the container's log is redacted before it reaches a message.
 """
 
 from __future__ import annotations
 
-import json
 import platform as host_platform
 import time
 import urllib.error
@@ -31,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from acci_ops.lib.core.commands import CommandFailed
 from acci_ops.lib.core.errors import AcciOpsError
 from acci_ops.lib.core.net import free_port
+from acci_ops.lib.images.engines import ContainerEngine, EngineUnreachable, LoadedImage, PodmanEngine
 from acci_ops.lib.images.oci import read_index
 from acci_ops.lib.images.outcome import CheckOutcome
 from acci_ops.lib.images.tools import ContainerTools
@@ -126,15 +128,18 @@ def missing_metrics(text: str, required: Sequence[str]) -> list[str]:
     return [name for name in required if name not in names]
 
 
-def smoke_test(tools: ContainerTools, oci_dir: str | Path, config: SmokeConfig | None = None, *,
+def smoke_test(engine: ContainerEngine | ContainerTools, oci_dir: str | Path, config: SmokeConfig | None = None, *,
                log: Callable[[str], None] | None = None) -> CheckOutcome:
-    """Run the host-platform image of the OCI layout and probe it; never raises for an app fault.
+    """Run the host-platform image of the OCI layout with ``engine`` (``ContainerTools``: podman)
+    and probe it; never raises for an app fault.
 
-    Fails (ERROR) with one line: the container exited (its code and last log line), ``/health``
-    did not answer 2xx within the timeout, ``/metrics`` is unparseable or lacks a required metric,
-    or podman could not start it at all. The container and the pulled image are removed in every
-    case; ``metadata['cleanup']`` says whether that worked."""
+    Fails (ERROR) with one line: the engine is not reachable, the container exited (its code and
+    last log line), ``/health`` did not answer 2xx within the timeout, ``/metrics`` is unparseable
+    or lacks a required metric, or the engine could not start it at all. The container and the
+    loaded image are removed in every case; ``metadata['cleanup']`` says whether that worked."""
     cfg = config or SmokeConfig()
+    if isinstance(engine, ContainerTools):
+        engine = PodmanEngine(engine)
     redact = _Redactor([cfg.database_url or "", cfg.redis_url or ""])
 
     def say(line: str) -> None:
@@ -144,25 +149,18 @@ def smoke_test(tools: ContainerTools, oci_dir: str | Path, config: SmokeConfig |
     target = cfg.platform or host_platform_name()
     port = free_port()
     name = f"acci-smoke-{uuid.uuid4().hex[:12]}"
-    metadata: dict[str, Any] = {"platform": target, "port": port, "container": name,
+    metadata: dict[str, Any] = {"engine": engine.name, "platform": target, "port": port, "container": name,
                                 "required_metrics": list(cfg.required_metrics)}
-    image_id = ""
-    owned_image = False
-    added_names: list[str] = []
+    loaded: LoadedImage | None = None
+    ran = False
     started = time.monotonic()
     try:
         manifests = read_index(Path(oci_dir)).by_platform()
         if target not in manifests:
             raise _Failed(f"the image has no {target} variant to run on this machine")
-        # containers/storage names an image by its config digest: if buildah's storage already holds
-        # it (the build just made it), the pull only adds a name, and only that name is removed later.
-        config_id = manifests[target].config_digest.partition(":")[2]
-        names_before = _image_names(tools, config_id)
-        pulled = tools.podman("pull", "-q", "--platform", target, f"oci:{Path(oci_dir).resolve()}", log=say,
-                              timeout=300)
-        image_id = pulled.last_line.strip()
-        owned_image = names_before is None
-        added_names = [] if owned_image else [n for n in (_image_names(tools, image_id) or []) if n not in names_before]
+        engine.check()
+        loaded = engine.load(Path(oci_dir), target, manifests[target].config_digest, say)
+        image_id = loaded.image_id
         metadata["image_id"] = image_id
         env_args: list[str] = []
         secret_env: dict[str, str] = {}
@@ -172,16 +170,16 @@ def smoke_test(tools: ContainerTools, oci_dir: str | Path, config: SmokeConfig |
             env_args += ["--env", f"{variable}={value}"]
         for variable, value in ((cfg.database_env, cfg.database_url), (cfg.redis_env, cfg.redis_url)):
             if value:
-                env_args += ["--env", variable]  # the value comes from podman's own environment
+                env_args += ["--env", variable]  # the value comes from the engine CLI's own environment
                 secret_env[variable] = value
         metadata["env"] = sorted({a.split("=", 1)[0] for a in env_args if a != "--env"})
         command = [part.replace("{port}", str(port)) for part in cfg.command] if cfg.command is not None else []
-        tools.podman("run", "-d", "--name", name, "--network", "host", *tools.run_args(), *env_args, image_id,
-                     *command, log=say, env=secret_env, timeout=120)
-        say(f"smoke test: container {name} started from {image_id[:12]} on port {port}")
-        metadata["health_seconds"] = _wait_healthy(tools, name, port, cfg, say, redact)
+        ran = True
+        engine.run(name, loaded.ref, env_args, command, env=secret_env, log=say)
+        say(f"smoke test: {engine.name} container {name} started from {image_id[:19]} on port {port}")
+        metadata["health_seconds"] = _wait_healthy(engine, name, port, cfg, say, redact)
         metadata["metrics_found"] = _check_metrics(port, cfg)
-    except _Failed as failed:
+    except (_Failed, EngineUnreachable) as failed:
         description = _one_line(redact(str(failed)))
         outcome = CheckOutcome(CHECK_NAME, False, "ERROR", description, metadata)
     except (CommandFailed, AcciOpsError, OSError) as exc:
@@ -193,7 +191,7 @@ def smoke_test(tools: ContainerTools, oci_dir: str | Path, config: SmokeConfig |
                                f"and {cfg.metrics_path} has {', '.join(cfg.required_metrics) or 'valid metrics'}",
                                metadata)
     finally:
-        cleanup = _remove(tools, name, image_id if owned_image else "", added_names, say)
+        cleanup = _remove(engine, name if ran else "", loaded, say)
         metadata["cleanup"] = cleanup
         metadata["seconds"] = round(time.monotonic() - started, 2)
     if not outcome.passed:
@@ -201,19 +199,10 @@ def smoke_test(tools: ContainerTools, oci_dir: str | Path, config: SmokeConfig |
     return outcome
 
 
-def _container_state(tools: ContainerTools, name: str) -> tuple[str, int]:
-    result = tools.podman("container", "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name,
-                          timeout=30, check=False)
-    parts = result.last_line.split()
-    if result.returncode != 0 or len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-        return "unknown", -1
-    return parts[0], int(parts[1])
-
-
-def _last_log_line(tools: ContainerTools, name: str, redact: Callable[[str], str],
+def _last_log_line(engine: ContainerEngine, name: str, redact: Callable[[str], str],
                    say: Callable[[str], None]) -> str:
     """The container's last output line (redacted); its last 20 lines go to the log."""
-    result = tools.podman("logs", "--tail", "20", name, timeout=30, check=False)
+    result = engine.logs(name, 20)
     if result.returncode != 0:
         return ""
     for line in result.tail:
@@ -221,7 +210,7 @@ def _last_log_line(tools: ContainerTools, name: str, redact: Callable[[str], str
     return redact(result.last_line.strip())[:300]
 
 
-def _wait_healthy(tools: ContainerTools, name: str, port: int, cfg: SmokeConfig,
+def _wait_healthy(engine: ContainerEngine, name: str, port: int, cfg: SmokeConfig,
                   say: Callable[[str], None], redact: Callable[[str], str]) -> float:
     """Seconds until ``/health`` answered 2xx; raises _Failed on exit or timeout."""
     url = f"http://127.0.0.1:{port}{cfg.health_path}"
@@ -233,9 +222,9 @@ def _wait_healthy(tools: ContainerTools, name: str, port: int, cfg: SmokeConfig,
         status, _, error = _http_get(url, timeout=min(2.0, max(0.2, deadline - time.monotonic())))
         if status is not None and 200 <= status < 300:
             return round(time.monotonic() - start, 2)
-        state, code = _container_state(tools, name)
+        state, code = engine.state(name)
         if state in ("exited", "stopped", "dead"):
-            last = _last_log_line(tools, name, redact, say)
+            last = _last_log_line(engine, name, redact, say)
             raise _Failed(f"container exited with code {code}: {last or '(no output)'}")
         if time.monotonic() >= deadline:
             break
@@ -261,36 +250,14 @@ def _check_metrics(port: int, cfg: SmokeConfig) -> list[str]:
     return list(cfg.required_metrics)
 
 
-def _image_names(tools: ContainerTools, image: str) -> list[str] | None:
-    """The names of an image in storage, or None when storage does not hold it."""
-    result = tools.podman("image", "inspect", "--format", "{{json .RepoTags}}", image, timeout=30, check=False)
-    if result.returncode != 0:
-        return None
-    try:
-        return list(json.loads(result.last_line) or [])
-    except ValueError:
-        return []
-
-
-def _remove(tools: ContainerTools, name: str, image_id: str, added_names: Sequence[str],
-            say: Callable[[str], None]) -> str:
-    """Remove the container (forced, no grace period), then the image when the pull created it,
-    else only the name the pull added (the build's image stays); report, never raise."""
-    problems = []
-    try:
-        result = tools.podman("rm", "-f", "-t", "0", "--ignore", name, timeout=60, check=False)
-        if result.returncode != 0:
-            problems.append(f"container {name} not removed: {result.last_line}")
-    except AcciOpsError as exc:
-        problems.append(f"container {name} not removed: {exc}")
-    try:
-        if image_id:
-            # Not forced: another container using the same image keeps it.
-            tools.podman("rmi", image_id, timeout=60, check=False)
-        for image_name in added_names:
-            tools.podman("untag", image_name, timeout=60, check=False)
-    except AcciOpsError as exc:
-        problems.append(f"image {image_id[:12]} not removed: {exc}")
+def _remove(engine: ContainerEngine, name: str, loaded: LoadedImage | None, say: Callable[[str], None]) -> str:
+    """Remove the container (forced, no grace period) when one was started, then what the load
+    added to the engine (the image, or only the names it gave an image that was already there);
+    report, never raise."""
+    problems = [engine.remove_container(name) if name else "", engine.unload(loaded) if loaded else ""]
+    problems = [p for p in problems if p]
     for problem in problems:
         say(f"smoke test cleanup: {problem}")
-    return "; ".join(problems) or "container removed"
+    if problems:
+        return "; ".join(problems)
+    return "container removed" if name else "nothing was started"
