@@ -37,6 +37,7 @@ ACCEPT = ", ".join((INDEX_OCI, INDEX_DOCKER, MANIFEST_OCI, MANIFEST_DOCKER))
 EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 REVISION_LABEL = "org.opencontainers.image.revision"
 TIMEOUT = 30
+MAX_RESPONSE_BYTES = 16 * 2**20  # largest API response read (manifests, configs, tokens, errors)
 
 
 class RegistryError(AcciOpsError):
@@ -163,12 +164,14 @@ class Registry:
         if scheme.lower() != "bearer":
             raise RegistryError(f"registry {self.ref.host} asks for unsupported auth '{scheme}'")
         fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
+        realm = fields.get("realm", "")
+        self._check_realm(realm)
         query = {"service": fields.get("service", ""), "scope": scope}
-        url = fields.get("realm", "") + "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
+        url = realm + "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
         request = urllib.request.Request(url, headers={"Authorization": self._basic()})
         try:
             with self._open(request) as response:
-                body = json.loads(response.read() or b"{}")
+                body = json.loads(self._capped(response, "token") or b"{}")
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 raise self._denied() from None
@@ -179,6 +182,28 @@ class Registry:
         if not token:
             raise RegistryError(f"token service of registry {self.ref.host} returned no token")
         self._auth_header = f"Bearer {token}"
+
+    def _check_realm(self, realm: str) -> None:
+        """The token service the registry names gets our password: only over https, or plain http
+        to the registry's own host when TLS verification is off (a local registry). Anything else
+        (http elsewhere, file://, ftp://) is refused before the password leaves."""
+        parts = urllib.parse.urlsplit(realm)
+        if parts.scheme == "https" and parts.hostname:
+            return
+        if parts.scheme == "http" and not self.tls_verify and parts.netloc == self.ref.host:
+            return
+        shown = f"{parts.scheme}://{parts.netloc}" if parts.scheme else "(none)"
+        raise RegistryError(f"registry {self.ref.host} sends credentials to token service {shown}; refused (only "
+                            "https, or the registry itself with ACCI_REGISTRY_TLS_VERIFY=false)")
+
+    def _capped(self, response: Any, what: str) -> bytes:  # noqa: ANN401 - an http.client response
+        """The body, refused past MAX_RESPONSE_BYTES: manifests, configs and tokens are small (the
+        distribution spec caps manifests at 4 MiB); a registry that streams more is not trusted."""
+        body = response.read(MAX_RESPONSE_BYTES + 1)
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise RegistryError(f"registry {self.ref.host} sent more than {MAX_RESPONSE_BYTES // 2**20} MiB for "
+                                f"{what}; refused")
+        return body
 
     def _denied(self) -> RegistryError:
         return RegistryError(f"registry {self.ref.host} rejected the credentials of user '{self.username}' "
@@ -197,7 +222,7 @@ class Registry:
             request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
             try:
                 with self._open(request) as response:
-                    return response.status, dict(response.headers), response.read()
+                    return response.status, dict(response.headers), self._capped(response, path)
             except urllib.error.HTTPError as exc:
                 if exc.code == 401 and attempt == 0 and (not self._auth_header or "Bearer" in self._auth_header):
                     self._authenticate(exc.headers.get("WWW-Authenticate", "Basic"), full_scope)
@@ -398,7 +423,7 @@ def _header(headers: dict[str, str], name: str) -> str | None:
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:
     try:
-        body = json.loads(exc.read() or b"{}")
+        body = json.loads(exc.read(65536) or b"{}")
         errors = body.get("errors") or []
         if errors:
             return f": {errors[0].get('code', '')} {errors[0].get('message', '')}".rstrip()

@@ -105,11 +105,17 @@ class _Redactor:
         return text
 
 
+MAX_BODY_BYTES = 8 * 2**20  # /health and /metrics are small; the image under test is not trusted
+
+
 def _http_get(url: str, timeout: float) -> tuple[int | None, bytes, str]:
     """``(status, body, error)``: status None when nothing answered (error says why)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (our own loopback URL)
-            return response.status, response.read(), ""
+            body = response.read(MAX_BODY_BYTES + 1)
+            if len(body) > MAX_BODY_BYTES:
+                return response.status, b"", f"answered more than {MAX_BODY_BYTES // 2**20} MiB"
+            return response.status, body, ""
     except urllib.error.HTTPError as exc:
         return exc.code, b"", ""
     except (urllib.error.URLError, OSError) as exc:
@@ -241,6 +247,8 @@ def _check_metrics(port: int, cfg: SmokeConfig) -> list[str]:
         raise _Failed(f"{cfg.metrics_path} did not answer: {error}")
     if not 200 <= status < 300:
         raise _Failed(f"{cfg.metrics_path} answered {status}")
+    if error:
+        raise _Failed(f"{cfg.metrics_path} {error}")
     try:
         missing = missing_metrics(body.decode(errors="replace"), cfg.required_metrics)
     except ValueError as exc:

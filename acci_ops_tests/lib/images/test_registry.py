@@ -147,3 +147,69 @@ def test_artifact_refers_to_the_image(registry: LocalRegistry, container_tools: 
     assert served == digest
     assert manifest["subject"]["digest"] == local.index_digest
     assert manifest["layers"][0]["mediaType"] == "application/spdx+json"
+
+
+def test_an_oversized_registry_answer_is_refused(tmp_path):
+    """A registry (or something posing as one) that streams an endless manifest is cut off."""
+    import http.server
+    import threading
+
+    from acci_ops.lib.images import registry as registry_module
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.oci.image.index.v1+json")
+            self.end_headers()
+            chunk = b" " * 65536
+            try:
+                for _ in range(registry_module.MAX_RESPONSE_BYTES // len(chunk) + 8):
+                    self.wfile.write(chunk)
+            except OSError:
+                pass
+
+        do_HEAD = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reg = Registry(f"127.0.0.1:{server.server_port}/acci/x", tls_verify=False)
+        with pytest.raises(RegistryError, match=r"sent more than 16 MiB for /v2/acci/x/manifests/1.0.0; refused$"):
+            reg.request("GET", "/v2/acci/x/manifests/1.0.0")
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("realm", ["http://attacker.example:8080/token", "file:///etc/passwd", "ftp://x/token", ""])
+def test_credentials_never_go_to_an_untrusted_token_service(realm):
+    """A registry's 401 challenge names where to send the password; only https (or the local
+    registry itself with TLS verification off) gets it."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Challenging(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="{realm}",service="reg"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Challenging)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reg = Registry(f"127.0.0.1:{server.server_port}/acci/x", "ci", "pw-Never-Leak-77", tls_verify=False)
+        with pytest.raises(RegistryError, match=r"sends credentials to token service .*; refused") as info:
+            reg.request("GET", "/v2/acci/x/tags/list")
+        assert "pw-Never-Leak-77" not in str(info.value)
+        assert all("Basic" not in h for h in seen)  # the password went nowhere
+    finally:
+        server.shutdown()

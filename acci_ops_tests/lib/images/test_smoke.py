@@ -168,3 +168,30 @@ def test_fixture_app_versions(podman_tools: ContainerTools, fixture_builds, left
     bad = smoke_test(podman_tools, fixture_builds("v1.2.0").oci_dir, SmokeConfig(command=ON_PORT, timeout_seconds=2))
     assert (bad.passed, bad.description) == (False, "/health answered 404 after 2 s")
     assert leftovers(podman_tools) == []
+
+
+def test_an_endless_answer_from_the_image_is_cut_off():
+    """The image under test is not trusted: /metrics streaming without end must not fill memory."""
+    import http.server
+    import threading
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(smoke_module.MAX_BODY_BYTES // 65536 + 8):
+                    self.wfile.write(b"acci_up 1\n" * 6553)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        status, body, error = smoke_module._http_get(f"http://127.0.0.1:{server.server_port}/metrics", 5.0)
+        assert (status, body, error) == (200, b"", "answered more than 8 MiB")
+    finally:
+        server.shutdown()
