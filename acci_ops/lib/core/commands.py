@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -59,6 +60,17 @@ def find_tool(name: str, bin_dir: str | None = None, *, hint: str = "") -> str:
     if not found:
         raise ConfigError(f"{name} not found on PATH{'; ' + hint if hint else ''}")
     return found
+
+
+def find_wheel_tool(name: str, explicit: str | None = None, *, wheel: str) -> str:
+    """A CLI shipped in a PyPI wheel (syft, hadolint): the explicit path, else the one installed
+    beside this Python (the venv's bin, found even when the venv is not on PATH), else PATH."""
+    if explicit:
+        return explicit
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(beside, os.X_OK):
+        return beside
+    return find_tool(name, hint=f"install the {wheel} wheel (pip install {wheel})")
 
 
 def find_pg_tool(name: str, bin_dir: str | None = None, *, hint: str = "") -> str:

