@@ -205,3 +205,21 @@ def test_plan_tick_is_bounded_and_never_rebuilds_a_moved_tag():
 def test_no_image_definitions_without_source_and_repository():
     defs = defs_from_env()
     assert "build_image" not in {j.name for j in defs.jobs or []}
+
+
+def test_executing_one_check_alone_is_refused_and_checks_always_gate(image_env, registry, instance):
+    """The UI offers "Execute" on a single check: the checks judge the staged image before its push,
+    so alone they are refused with one line; and a build launched without its checks still runs them
+    (v1.4.0 runs as root: blocked, nothing pushed), only does not report them."""
+    reg = use_registry(image_env, registry, "defs/subset")
+    instance.add_dynamic_partitions("acci_versions", ["1.4.0"])
+    defs = defs_from_env()
+    job = defs.resolve_job_def("build_image")
+    smoke_only = job.get_subset(asset_selection=set(), asset_check_selection={dg.AssetCheckKey(IMAGE, "smoke_test")})
+    alone = smoke_only.execute_in_process(instance=instance, partition_key="1.4.0", raise_on_error=False)
+    assert not alone.success
+    assert failure_of(alone).startswith("the checks of acci_image run only as part of its build")
+    no_checks = job.get_subset(asset_selection={IMAGE}, asset_check_selection=set())
+    unchecked = no_checks.execute_in_process(instance=instance, partition_key="1.4.0", raise_on_error=False)
+    assert not unchecked.success and checks_of(unchecked) == {}
+    assert "check image_policy failed" in failure_of(unchecked) and reg.tag_digest("1.4.0") is None

@@ -134,6 +134,13 @@ def build_image_asset(scratch_key: str | None = None, drill_key: str | None = No
         problem = check_partition_key(key)
         if problem:
             raise dg.Failure(description=problem)
+        if ASSET_KEY not in context.selected_asset_keys:
+            # "Execute" on one check in the UI: the checks judge the staged image before its push,
+            # so they run only with the build; never a push, or a check result, without the other.
+            raise dg.Failure(description=(
+                "the checks of acci_image run only as part of its build (they judge the image before it is "
+                f"pushed): materialize acci_image for {key} or launch build_image; nothing was done"))
+        reported = {k.name for k in context.selected_asset_check_keys}
         images: ImageBuilder = getattr(context.resources, RESOURCE_KEY)
         with engine_errors():
             settings = images.image_settings()
@@ -181,7 +188,8 @@ def build_image_asset(scratch_key: str | None = None, drill_key: str | None = No
             context.log.info(f"{report.message} (no new materialization; launch with force: true to rebuild)")
             return
         for outcome in report.outcomes:
-            yield _check_result(outcome)
+            if outcome.name in reported:  # all checks always run and gate the push; a run without some
+                yield _check_result(outcome)  # (e.g. "without checks") only does not report them
         if report.blocking:
             raise dg.Failure(description=f"{key}: {report.message}",
                              metadata={"image_digest": report.index_digest or "", "revision": report.revision})
