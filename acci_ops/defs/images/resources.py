@@ -29,7 +29,8 @@ class ImageBuilder(spec_resource(ImagesSpec, "ImageBuilderFields")):
             username=self.registry_username or None, password=self.registry_password or None,
             tls_verify=self.registry_tls_verify, platforms=tuple(self.platforms), dockerfile=self.dockerfile,
             context=self.build_context, backend=self.build_backend, engine=self.container_engine,
-            storage_dir=self.storage_path(), latest_tag="latest" if self.latest_tag else None)
+            storage_dir=self.storage_path(), latest_tag="latest" if self.latest_tag else None,
+            build_timeout_seconds=self.build_timeout_seconds)
 
     def storage_path(self) -> Path:
         return Path(self.storage_dir) if self.storage_dir else default_storage_dir()

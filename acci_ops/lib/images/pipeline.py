@@ -65,6 +65,7 @@ class ImageSettings:
     latest_tag: str | None = None
     title: str = "acci-framework"
     min_free_mb: int = 512
+    build_timeout_seconds: float = 3600  # the buildah build is killed after this long
 
     def registry(self) -> Registry:
         return Registry(self.repository, self.username, self.password, self.tls_verify)
@@ -189,7 +190,7 @@ def build_version(settings: ImageSettings, ref: str, *, tools: ContainerTools | 
         report.revision = checkout.commit
         local = build_index(tools, checkout, platforms, workdir=workdir, dockerfile=settings.dockerfile,
                             context=settings.context, title=settings.title, log=say, tls_verify=settings.tls_verify,
-                            min_free_mb=settings.min_free_mb)
+                            min_free_mb=settings.min_free_mb, timeout=settings.build_timeout_seconds)
         report.index_digest = local.index_digest
         report.platforms = {p: img.digest for p, img in local.platforms.items()}
         report.size_bytes = {p: img.size_bytes for p, img in local.platforms.items()}

@@ -10,7 +10,7 @@ import pytest
 import acci_ops.lib.images.tools as tools_module
 from acci_ops.dev.fixture_app import FixtureRepo
 from acci_ops.dev.registry import LocalRegistry
-from acci_ops.lib.core.errors import ConfigError
+from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 from acci_ops.lib.images.build import BuildFailed, LocalIndex
 from acci_ops.lib.images.outcome import Artifact, CheckOutcome
 from acci_ops.lib.images.pipeline import ImageBlocked, ImageSettings, build_version
@@ -165,3 +165,13 @@ def test_wrong_credentials_before_any_build(fixture_repo: FixtureRepo, auth_regi
         build_version(dataclasses.replace(good, repository="127.0.0.1:9/acci/x"), "v1.0.0", tools=container_tools)
 
 
+
+
+def test_a_build_over_its_time_limit_is_stopped(fixture_repo: FixtureRepo, registry: LocalRegistry,
+                                                container_tools: ContainerTools) -> None:
+    """ACCI_IMAGE_BUILD_TIMEOUT_SECONDS: a build that hangs is killed, one line, nothing pushed."""
+    settings = settings_for(fixture_repo, registry, "pipe/timeout", build_timeout_seconds=0.01)
+    with pytest.raises(AcciOpsError, match=r"did not finish within .* and was killed") as info:
+        build_version(settings, "v1.0.0", tools=container_tools)
+    assert "\n" not in str(info.value), str(info.value)
+    assert tags_of(registry, "pipe/timeout") == []
