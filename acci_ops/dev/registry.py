@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from acci_ops.dev.servers import require
+from acci_ops.dev.servers import require, stop_process
 from acci_ops.lib.core.net import free_port
 
 
@@ -66,13 +66,7 @@ class LocalRegistry:
         return f"{self.host}/{name}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def write_config(workdir: Path, port: int, *, htpasswd: Path | None = None) -> Path:

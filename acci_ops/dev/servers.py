@@ -36,6 +36,17 @@ def moto_server_executable() -> str:
     return moto
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """TERM, then KILL after 10 s: every server dev and the tests start is stopped this way."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class S3Server:
     """A moto S3 server on 127.0.0.1; boto3 reaches it through ``endpoint_url`` (path-style)."""
@@ -44,11 +55,7 @@ class S3Server:
     process: subprocess.Popen
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
 
 
 def start_moto(log_path: Path, *, env: Mapping[str, str] | None = None, ready_check: str = "http") -> S3Server:
@@ -91,11 +98,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
 
 
 def start_redis(workdir: Path) -> RedisServer:

@@ -10,6 +10,8 @@ from pydantic import Field
 from acci_ops.defs._shared import resource_from_spec, resource_key, spec_resource
 from acci_ops.defs.alerts.resources import alert_resource
 from acci_ops.defs.backups.resources import backup_resource
+from acci_ops.defs.images.resources import RESOURCE_KEY as IMAGES_KEY
+from acci_ops.defs.images.resources import images_resource
 from acci_ops.defs.validation.resources import validation_resource
 from acci_ops.lib.core.errors import ConfigError
 from acci_ops.lib.platform.backends import ComposePlatform, HelmPlatform, LocalPlatform, Platform
@@ -77,7 +79,5 @@ def fixed_resources(settings: Settings, specs: list[EnvironmentSpec]) -> dict[st
     for spec in specs:
         resources[resource_key("dr", spec.name)] = dr_resource(spec)
     if settings.images.enabled:
-        from acci_ops.defs.images.resources import RESOURCE_KEY, images_resource
-
-        resources[RESOURCE_KEY] = images_resource(settings.images)
+        resources[IMAGES_KEY] = images_resource(settings.images)
     return {key: fixed_resource(resource) for key, resource in resources.items()}

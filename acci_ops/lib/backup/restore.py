@@ -85,26 +85,24 @@ def stream_object(store: ObjectStore, key: str, sink: BinaryIO | None, *, max_ou
     def decompress() -> None:
         capped = _CappedSink(sink, max_output)
         writer = zstandard.ZstdDecompressor().stream_writer(capped, write_size=1 << 20, closefd=False)
+        def stopped() -> bool:
+            return bool(errors or write_errors or overflow.is_set())
+
+        def guarded(step: Callable[[], object]) -> None:
+            try:
+                step()
+            except _TooLarge:
+                overflow.set()
+            except zstandard.ZstdError as exc:
+                errors.append(f"object is not a valid zstd stream: {exc}")
+            except OSError as exc:
+                write_errors.append(exc)
+
         while (chunk := chunks.get()) is not None:
-            if errors or write_errors or overflow.is_set():
-                continue  # keep draining so the reader never blocks
-            try:
-                writer.write(chunk)
-            except _TooLarge:
-                overflow.set()
-            except zstandard.ZstdError as exc:
-                errors.append(f"object is not a valid zstd stream: {exc}")
-            except OSError as exc:
-                write_errors.append(exc)
-        if not errors and not write_errors and not overflow.is_set():
-            try:
-                writer.flush()
-            except _TooLarge:
-                overflow.set()
-            except zstandard.ZstdError as exc:
-                errors.append(f"object is not a valid zstd stream: {exc}")
-            except OSError as exc:
-                write_errors.append(exc)
+            if not stopped():  # after a failure keep draining, so the reader never blocks
+                guarded(lambda: writer.write(chunk))  # noqa: B023 - called at once
+        if not stopped():
+            guarded(writer.flush)
 
     worker = threading.Thread(target=decompress, daemon=True) if sink is not None else None
     if worker:

@@ -32,10 +32,15 @@ class CommandResult:
     returncode: int
     seconds: float
     tail: tuple[str, ...]
+    stdout: bytes = b""  # only with run_command(capture_stdout=True); otherwise stdout is in tail
 
     @property
     def last_line(self) -> str:
         return self.tail[-1] if self.tail else ""
+
+
+class CommandTimeout(AcciOpsError):
+    """A tool ran past its timeout and was killed."""
 
 
 class CommandFailed(AcciOpsError):
@@ -157,8 +162,12 @@ def pump_lines(stream, sink: LineSink | None, tail: deque) -> threading.Thread: 
 
 def run_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float | None = None,
                 on_line: LineSink | None = None, check: bool = True, cwd: str | None = None,
-                stdin_file: str | None = None, allow_env: Iterable[str] = ()) -> CommandResult:
+                stdin_file: str | None = None, allow_env: Iterable[str] = (),
+                capture_stdout: bool = False) -> CommandResult:
     """Run a tool to completion, streaming its merged output; raise ``CommandFailed`` on non-zero.
+
+    ``capture_stdout``: for a tool whose stdout is data (a JSON report), not log lines: stdout is
+    collected whole into ``result.stdout`` and only stderr is streamed to ``on_line`` and ``tail``.
 
     The tool's environment is ``child_env(env, allow=allow_env)``: the allow-listed names of this
     process's environment plus ``env``; none of this process's other variables (its secrets among
@@ -167,14 +176,21 @@ def run_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, ti
     tail: deque[str] = deque(maxlen=20)
     stdin = open(stdin_file, "rb") if stdin_file else subprocess.DEVNULL
     try:
-        proc = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE if capture_stdout else subprocess.STDOUT,
                                 env=child_env(env, allow=allow_env), cwd=cwd)
     except FileNotFoundError:
         raise ConfigError(f"{argv[0]} not found; install it or fix the configured path") from None
     finally:
         if stdin_file:
             stdin.close()
-    pump = pump_lines(proc.stdout, on_line, tail)
+    pump = pump_lines(proc.stderr if capture_stdout else proc.stdout, on_line, tail)
+    chunks: list[bytes] = []
+    collector = None
+    if capture_stdout:  # its own thread: never both pipes from one reader
+        collector = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read(65536), b"")),
+                                     daemon=True)
+        collector.start()
     # A blocking wait, with a timer that kills the tool at the deadline: Popen.wait(timeout=...)
     # polls with sleeps of up to 50 ms, a delay every short tool call would pay.
     expired = threading.Event()
@@ -192,12 +208,13 @@ def run_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, ti
     finally:
         if timer:
             timer.cancel()
-    if expired.is_set() and proc.returncode == -9:  # killed by the timer, not exited just before it
-        pump.join(5)
-        name = os.path.basename(argv[0])
-        raise AcciOpsError(f"{name} did not finish within {timeout:.0f} s and was killed") from None
     pump.join(5)
-    result = CommandResult(tuple(argv), proc.returncode, time.monotonic() - started, tuple(tail))
+    if collector:
+        collector.join(5)
+    if expired.is_set() and proc.returncode == -9:  # killed by the timer, not exited just before it
+        name = os.path.basename(argv[0])
+        raise CommandTimeout(f"{name} did not finish within {timeout:.0f} s and was killed") from None
+    result = CommandResult(tuple(argv), proc.returncode, time.monotonic() - started, tuple(tail), b"".join(chunks))
     if check and result.returncode != 0:
         raise CommandFailed(result)
     return result

@@ -20,15 +20,13 @@ import json
 import os
 import shlex
 import string
-import subprocess
-import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from acci_ops.lib.core.commands import child_env
+from acci_ops.lib.core.commands import CommandTimeout, run_command
 from acci_ops.lib.core.errors import ConfigError
 from acci_ops.lib.images.outcome import CheckOutcome
 
@@ -92,41 +90,6 @@ def count_severities(report: Any) -> tuple[str, Counter[str]]:
     raise ValueError("neither trivy JSON (Results) nor grype JSON (matches)")
 
 
-def _run_scanner(argv: list[str], timeout: float, log: Callable[[str], None] | None) -> tuple[int, bytes, str]:
-    """``(exit code, stdout, last stderr line)``; stderr is streamed to the log as it comes."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=child_env(allow=SCANNER_ENV))
-    tail: deque[str] = deque(maxlen=5)
-
-    def pump() -> None:
-        for raw in iter(proc.stderr.readline, b""):
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                tail.append(line)
-                if log:
-                    log(f"scanner: {line}")
-
-    chunks: list[bytes] = []
-
-    def collect() -> None:  # stdout read on its own thread too: never both pipes from one reader
-        chunks.extend(iter(lambda: proc.stdout.read(65536), b""))
-
-    threads = [threading.Thread(target=pump, daemon=True), threading.Thread(target=collect, daemon=True)]
-    for thread in threads:
-        thread.start()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        for thread in threads:
-            thread.join(5)
-    stdout = b"".join(chunks)
-    return proc.returncode, stdout, (tail[-1] if tail else "")
-
-
 def vulnerability_scan(command: str | None, *, oci_dir: str | os.PathLike, image_ref: str,
                        fail_on: str | None = "CRITICAL", timeout: float = 900.0,
                        log: Callable[[str], None] | None = None) -> CheckOutcome:
@@ -146,15 +109,18 @@ def vulnerability_scan(command: str | None, *, oci_dir: str | os.PathLike, image
         log(f"vulnerability scan: {shlex.join(argv)}")
     started = time.monotonic()
     try:
-        returncode, stdout, last_err = _run_scanner(argv, timeout, log)
-    except FileNotFoundError:
+        # stdout is the report; stderr is streamed to the log as it comes.
+        result = run_command(argv, timeout=timeout, check=False, capture_stdout=True, allow_env=SCANNER_ENV,
+                             on_line=(lambda line: log(f"scanner: {line}")) if log else None)
+    except CommandTimeout:
+        return CheckOutcome(CHECK_NAME, False, "ERROR", f"scanner {name} did not finish within {timeout:g} s",
+                            metadata)
+    except ConfigError:  # the runner's "not found"
         return CheckOutcome(CHECK_NAME, False, "ERROR", f"scanner {argv[0]} not found (ACCI_IMAGE_SCAN_COMMAND)",
                             metadata)
     except PermissionError:
         return CheckOutcome(CHECK_NAME, False, "ERROR", f"scanner {argv[0]} is not executable", metadata)
-    except subprocess.TimeoutExpired:
-        return CheckOutcome(CHECK_NAME, False, "ERROR", f"scanner {name} did not finish within {timeout:g} s",
-                            metadata)
+    returncode, stdout, last_err = result.returncode, result.stdout, result.last_line
     metadata["seconds"] = round(time.monotonic() - started, 2)
     metadata["exit_code"] = returncode
     try:
