@@ -6,7 +6,7 @@ Every field of a section is declared ONCE, with ``setting(...)``: its default, t
 sets it and whether the environments file may set it. Both sources map onto the same fields:
 
 - one environment (the default): the ``ACCI_*`` variables;
-- several: ``ACCI_ENVIRONMENTS_FILE`` names a YAML file (README "Several environments"). A field
+- several: ``ACCI_ENVIRONMENTS_FILE`` names a YAML file (docs/environments.md "Several environments"). A field
   marked ``inherit`` (validation tuning, the signing key, the tool paths) takes its variable as the
   default there too; the others come from the file or their default.
 
@@ -33,6 +33,7 @@ import yaml
 
 from acci_ops.lib.backup.retention import RetentionPolicy
 from acci_ops.lib.core.errors import ConfigError
+from acci_ops.lib.images.build import check_build_network, parse_platforms
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -245,6 +246,10 @@ class ImagesSpec:
                                         help="Verify the registry's TLS certificate (false only for a local registry).")
     platforms: tuple[str, ...] = setting(("linux/amd64", "linux/arm64"), var="ACCI_IMAGE_PLATFORMS",
                                          help="Platforms of the multi-platform image.")
+    build_network: str = setting(
+        "none", var="ACCI_IMAGE_BUILD_NETWORK",
+        help=("What the Dockerfile's RUN steps may reach: none (the default), host (everything this host reaches, "
+              "127.0.0.1 included) or a podman network's name for builds that must fetch."))
     dockerfile: str = setting("Dockerfile", var="ACCI_DOCKERFILE",
                               help="Dockerfile/Containerfile path inside the source repository.")
     build_context: str = setting(".", var="ACCI_BUILD_CONTEXT",
@@ -271,16 +276,26 @@ class ImagesSpec:
                                                 help="Metric names the smoke test requires on /metrics.")
     smoke_command: str | None = setting(
         None, var="ACCI_IMAGE_SMOKE_COMMAND",
-        help=("Arguments after the image in the smoke test ({port} is replaced by the port chosen); unset: "
-              "the image's own command, with the port in PORT."))
+        help=("Arguments after the image in the smoke test ({port} is replaced by the container port probed); "
+              "unset: the image's own command."))
+    smoke_port: int | None = setting(
+        None, var="ACCI_IMAGE_SMOKE_PORT", minimum=1,
+        help=("The container port the smoke test probes (inside the container's own network namespace); unset: "
+              "the image's EXPOSE, 8080 when it declares none."))
     smoke_database_url_env: str | None = setting(
         None, var="ACCI_IMAGE_SMOKE_DATABASE_URL",
-        help="A throwaway PostgreSQL database the smoke-tested image may use (given to it as DATABASE_URL).")
+        help=("A database the smoke-tested image gets as DATABASE_URL instead of its own private PostgreSQL "
+              "server (unset: one started for each smoke test, reached over a unix socket, deleted after). The "
+              "container has no network, so a TCP address here is handed over but cannot be reached."))
     smoke_redis_url_env: str | None = setting(
         None, var="ACCI_IMAGE_SMOKE_REDIS_URL",
-        help="A throwaway Redis the smoke-tested image may use (given to it as REDIS_URL).")
-    smoke_timeout_seconds: float = setting(60, var="ACCI_IMAGE_SMOKE_TIMEOUT_SECONDS", minimum=1,
-                                           help="How long the smoke test waits for /health to answer 2xx.")
+        help=("A Redis the smoke-tested image gets as REDIS_URL instead of its own private redis-server (unset: one "
+              "started for each smoke test, reached over a unix socket, deleted after); as above, not reachable "
+              "over TCP from the container."))
+    smoke_timeout_seconds: float = setting(
+        60, var="ACCI_IMAGE_SMOKE_TIMEOUT_SECONDS", minimum=1,
+        help=("One deadline for the whole probe: /health must answer 2xx and /metrics be read within it, counted "
+              "from the container's start."))
     build_timeout_seconds: int = setting(3600, var="ACCI_IMAGE_BUILD_TIMEOUT_SECONDS", minimum=1,
                                          help="A build is stopped after this long.")
     tags_per_tick: int = setting(5, var="ACCI_SOURCE_TAGS_PER_TICK", minimum=1,
@@ -607,16 +622,12 @@ def record_start_date(path: Path, today: date) -> date:
     return start
 
 
-_PLATFORM = re.compile(r"^linux/(amd64|arm64|arm/v7|arm/v6|ppc64le|s390x|riscv64|386)$")
-
-
 def _images(environ: Mapping[str, str]) -> ImagesSpec:
     """Image settings come from variables only (one image for every environment)."""
     spec = _section(ImagesSpec, environ, None, where="variables")
-    bad = [p for p in spec.platforms if not _PLATFORM.match(p)]
-    if bad:
-        raise ConfigError(f"ACCI_IMAGE_PLATFORMS has unsupported platform(s) {', '.join(bad)}; "
-                          "use e.g. linux/amd64,linux/arm64")
+    # What the build accepts, checked here: a platform buildah cannot build fails at load, not after a build.
+    parse_platforms(list(spec.platforms))
+    check_build_network(spec.build_network)
     if bool(spec.source_repo) != bool(spec.image_repository):
         missing = "ACCI_IMAGE_REPOSITORY" if spec.source_repo else "ACCI_SOURCE_REPO"
         raise ConfigError(f"image builds need both ACCI_SOURCE_REPO and ACCI_IMAGE_REPOSITORY; {missing} is unset")

@@ -14,5 +14,8 @@ pytest_plugins = [
     "acci_ops_tests.fixtures.dr",
     "acci_ops_tests.fixtures.deploy",
     "acci_ops_tests.fixtures.images",
+    "acci_ops_tests.fixtures.image_defs",
+    "acci_ops_tests.fixtures.fake_registry",
+    "acci_ops_tests.fixtures.git_http",
     "acci_ops_tests.fixtures.markers",
 ]

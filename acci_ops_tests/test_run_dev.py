@@ -1,4 +1,5 @@
-"""`./run dev` stops everything it started on SIGTERM and on SIGINT (Ctrl-C), and can start again.
+"""`./run dev` pushes its first image build and stops everything it started on SIGTERM and on SIGINT
+(Ctrl-C), and can start again.
 
 Issue 9, defect 1: TERM used to stop PostgreSQL and Redis but leave `dagster dev` and its children
 running, holding the UI port, so the next `./run dev` could not bind. This test starts the real
@@ -8,6 +9,7 @@ script with its own free ports and its own dev state directory (ACCI_DEV_DIR), s
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 UP_TIMEOUT_S = 90
+PUSH_TIMEOUT_S = 240  # generous: the README promises about a minute on a developer's machine
 STOP_TIMEOUT_S = 30
 
 
@@ -98,6 +101,23 @@ def _wait_ui(port: int, proc: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"Dagster UI did not answer on port {port} within {UP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
+def _wait_pushed(registry: int, tag: str, proc: subprocess.Popen, log: Path) -> None:
+    """Until the dev registry serves ``tag`` of the fixture image (the sensor's first build)."""
+    deadline = time.monotonic() + PUSH_TIMEOUT_S
+    url = f"http://127.0.0.1:{registry}/v2/acci/acci-framework/tags/list"
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"./run dev exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if tag in (json.loads(r.read()).get("tags") or []):
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(1)
+    blocked = [line for line in log.read_text().splitlines() if "not pushed" in line or "failed" in line.lower()]
+    pytest.fail(f"./run dev pushed no {tag} within {PUSH_TIMEOUT_S} s: {blocked[-3:] or log.read_text()[-3000:]}")
+
+
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -133,8 +153,13 @@ def _stop_and_check(proc: subprocess.Popen, sig: signal.Signals, ports: list[int
     assert not busy, f"ports still bound after {sig.name} of ./run dev: {busy}"
 
 
-def test_run_dev_stops_everything_on_term_and_int_and_starts_again() -> None:
-    dev_dir = Path(tempfile.mkdtemp(prefix="acci_dev_test_"))
+def test_run_dev_pushes_its_first_build_stops_everything_on_term_and_int_and_starts_again() -> None:
+    """From a dev directory like the default ``$ROOT/.acci_dev`` (a dot component, here also under a
+    directory with capitals): the first start builds, smoke-tests and pushes v1.5.0 without any
+    ACCI_IMAGE_SMOKE_* setting; then TERM and INT each stop everything."""
+    top = Path(tempfile.mkdtemp(prefix="acci_dev_test_"))
+    dev_dir = top / "Dev" / ".acci_dev"
+    dev_dir.mkdir(parents=True)
     ui, pg, redis, registry = _free_port(), _free_port(), _free_port(), _free_port()
     ports = [ui, pg, redis, registry]
     # redis-server rewrites its command line to "redis-server 127.0.0.1:<port>".
@@ -143,7 +168,7 @@ def test_run_dev_stops_everything_on_term_and_int_and_starts_again() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCI_", "DAGSTER_"))}
     env.update(ACCI_DEV_DIR=str(dev_dir), ACCI_DEV_UI_PORT=str(ui), ACCI_DEV_PG_PORT=str(pg),
                ACCI_DEV_REDIS_PORT=str(redis), ACCI_DEV_REGISTRY_PORT=str(registry))
-    log = dev_dir.parent / f"{dev_dir.name}.log"
+    log = top.parent / f"{top.name}.log"
     sessions: list[int] = []
     try:
         # First as a background job of a script would run (then only TERM can stop it), then as from
@@ -152,6 +177,8 @@ def test_run_dev_stops_everything_on_term_and_int_and_starts_again() -> None:
             proc = _start(env, log, sigint_ignored=sig == signal.SIGTERM)
             sessions.append(proc.pid)
             _wait_ui(ui, proc, log)
+            if sig == signal.SIGTERM:
+                _wait_pushed(registry, "1.5.0", proc, log)
             started = log.read_text()
             # Start-up noise of issue 9 defect 8: neither warning applies to how ./run dev runs dagster dev.
             assert "will not be used" not in started, started[-2000:]
@@ -168,7 +195,7 @@ def test_run_dev_stops_everything_on_term_and_int_and_starts_again() -> None:
             except ProcessLookupError:
                 pass
             _kill_all(markers, session)
-        shutil.rmtree(dev_dir, ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)
         log.unlink(missing_ok=True)
 
 

@@ -5,7 +5,8 @@ data root, exec root, pid file and API socket (unix socket paths must stay under
 directory is made under /tmp, not under pytest's long temp paths). containerd is started by us, not
 by dockerd, so this engine never attaches to a system containerd at /run/containerd/containerd.sock
 (dockerd would silently use one if it were running) and never shares one with another engine.
-No bridge and no iptables rules: containers use ``--network host``. dockerd still writes
+No bridge and no iptables rules: none is needed, the smoke test runs its containers with
+``--network none`` and probes them inside their own network namespace. dockerd still writes
 ``/run/docker/plugins``, ``/etc/docker/key.json`` and containerd's shim sockets under
 ``/run/containerd/s``; stopping it leaves its ``netns/default`` mount behind, which ``stop`` unmounts.
 

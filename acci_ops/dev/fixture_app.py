@@ -10,11 +10,11 @@ Dockerfile is multi-stage without ``RUN`` steps, choosing the binary by ``TARGET
 The server is ``busybox httpd`` started in exec form (a ``FROM scratch`` image has no shell):
 ``ENTRYPOINT ["/usr/local/bin/httpd", "-f", "-v", "-h", "/srv/www"]`` (busybox picks the applet
 from the name it is started under, so the binary is installed as ``httpd``; no busybox or sh link) and
-``CMD ["-p", "8080"]``. Port choice without a shell: the CMD holds busybox httpd's ``-p [IP:]PORT``,
-so the container listens on 8080 by default (``-p 127.0.0.1:H:8080`` on a bridge), and a check
-that runs it with ``--network host`` picks a free port by passing the command ``-p
-127.0.0.1:<port>`` (which replaces CMD). ``/health`` answers 200 ``ok``; ``/metrics`` is
-Prometheus text with ``acci_up 1`` and ``acci_build_info{version="..."} 1``.
+``CMD ["-p", "8080"]`` with ``EXPOSE 8080``: like the guide's app, every version listens on 8080
+and nothing else, and reads no ``PORT`` variable (the smoke test probes the exposed port inside the
+container's own network namespace, so nothing needs to move it; a command ``-p [IP:]PORT``, which
+replaces CMD, still can). ``/health`` answers 200 ``ok``; ``/metrics`` is Prometheus text with
+``acci_up 1`` and ``acci_build_info{version="..."} 1``.
 
 Tags (``TAGS``): v1.0.0 and v1.1.0 good; v1.2.0 has no ``/health`` (404); v1.3.0's arm64 variant
 carries the amd64 binary; v1.4.0 runs as root (no ``USER``). Branch ``broken-copy`` has a

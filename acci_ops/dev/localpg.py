@@ -12,7 +12,6 @@ Uses the machine's PostgreSQL server binaries (Debian ``postgresql-15``). ``init
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import shutil
 import subprocess
@@ -20,21 +19,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-INSTALL_HINT = "install the PostgreSQL server: apt-get install -y postgresql-15 (or run ./run test, which does)"
+from acci_ops.lib.images import sandbox
 
 
 def server_bin_dir() -> str:
     """The newest installed server's bin directory (``ACCI_PG_SERVER_BIN`` overrides)."""
-    explicit = os.environ.get("ACCI_PG_SERVER_BIN")
-    if explicit:
-        return explicit
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[-3]))
-    if candidates:
-        return os.path.dirname(candidates[-1])
-    found = shutil.which("initdb")
-    if found:
-        return os.path.dirname(found)
-    raise RuntimeError(f"no PostgreSQL server binaries (initdb) found; {INSTALL_HINT}")
+    return os.environ.get("ACCI_PG_SERVER_BIN") or sandbox.server_bin_dir()
 
 
 def _as_owner(argv: list[str]) -> list[str]:

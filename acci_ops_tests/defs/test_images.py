@@ -5,62 +5,24 @@ hadolint and a docker-registry on loopback, driven through the code location's o
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from acci_ops.defs.images.sensors import plan_tick
-from acci_ops.dev.fixture_app import FixtureRepo, add_tag, create_fixture_repo
-from acci_ops.dev.registry import LocalRegistry
-from acci_ops.lib.images.registry import Registry
+from acci_ops.dev.fixture_app import add_tag, create_fixture_repo
 from acci_ops.lib.images.source import SourceTag
 from acci_ops.lib.images.tools import ContainerTools
 from acci_ops.lib.postgres.scratch import list_scratch_databases
 from acci_ops.lib.postgres.urls import parse_database_url
 from acci_ops_tests.fixtures.defs import defs_from_env
+from acci_ops_tests.fixtures.image_defs import build, checks_of, failure_of, use_registry
 from acci_ops_tests.fixtures.images import REGISTRY_PASSWORD, REGISTRY_USERNAME
 
 IMAGE = dg.AssetKey("acci_image")
-
-
-@pytest.fixture
-def image_env(monkeypatch, fixture_repo: FixtureRepo, container_tools: ContainerTools):
-    """The code location configured for image builds of the fixture repo (registry set per test)."""
-    monkeypatch.setenv("ACCI_SOURCE_REPO", fixture_repo.url)
-    monkeypatch.setenv("ACCI_REGISTRY_TLS_VERIFY", "false")
-    monkeypatch.setenv("ACCI_IMAGE_STORAGE_DIR", str(container_tools.base))
-    # The fixture app takes its port as arguments (busybox httpd), the smoke test shares the host network.
-    monkeypatch.setenv("ACCI_IMAGE_SMOKE_COMMAND", "-p 127.0.0.1:{port}")
-    monkeypatch.setenv("ACCI_REQUIRED_METRICS", "acci_up")
-    monkeypatch.setenv("ACCI_IMAGE_SMOKE_TIMEOUT_SECONDS", "5")  # v1.2.0 answers 404 for good
-    return monkeypatch
-
-
-def use_registry(env, registry: LocalRegistry, name: str) -> Registry:
-    env.setenv("ACCI_IMAGE_REPOSITORY", registry.repository(name))
-    return Registry(registry.repository(name), registry.username, registry.password, tls_verify=False)
-
-
-def build(instance: dg.DagsterInstance, version: str, **config) -> dg.ExecuteInProcessResult:  # noqa: ANN003
-    instance.add_dynamic_partitions("acci_versions", [version])
-    job = defs_from_env().resolve_job_def("build_image")
-    run_config = {"ops": {"build_acci_image": {"config": config}}} if config else None
-    return job.execute_in_process(instance=instance, partition_key=version, raise_on_error=False,
-                                  run_config=run_config)
-
-
-def checks_of(result: dg.ExecuteInProcessResult) -> dict[str, tuple[bool, str, str]]:
-    out = {}
-    for event in result.all_events:
-        if event.event_type_value == "ASSET_CHECK_EVALUATION":
-            ev = event.event_specific_data
-            out[ev.check_name] = (ev.passed, ev.severity.value, ev.description)
-    return out
-
-
-def failure_of(result: dg.ExecuteInProcessResult) -> str:
-    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    return event.event_specific_data.user_failure_data.description
 
 
 def test_release_is_built_checked_pushed_then_a_noop(image_env, registry, instance):
@@ -107,21 +69,44 @@ def test_a_commit_partition_is_a_non_release_build(image_env, registry, instance
     assert reg.tag_digest(f"sha-{commit[:12]}") == meta["image_digest"] and reg.tag_digest("1.1.0") is None
 
 
-def test_smoke_test_gets_a_throwaway_database_that_is_dropped_after(image_env, registry, instance, scratch_url):
-    """With a validation scratch server configured, the smoke-tested image gets a database of its own
-    there (never production's), dropped afterwards."""
+def test_smoke_test_gets_private_services_never_the_validation_scratch_server(image_env, registry, instance,
+                                                                            scratch_url):
+    """With validation on (a scratch server holding restored backups), the smoke test still never
+    uses it: the build needs only the image resource, the image got a private PostgreSQL server and
+    redis-server deleted after (the check's metadata says so), and no scratch database was made."""
     use_registry(image_env, registry, "defs/throwaway")
     image_env.setenv("ACCI_SCRATCH_DATABASE_URL", scratch_url)
     scratch = parse_database_url(scratch_url)
     before = set(list_scratch_databases(scratch))
+    defs = defs_from_env()
+    assert defs.resolve_assets_def(IMAGE).required_resource_keys - {"io_manager"} == {"acci_images"}
     result = build(instance, "1.0.0")
     assert result.success, failure_of(result)
     [evaluation] = [e.event_specific_data for e in result.all_events
                     if e.event_type_value == "ASSET_CHECK_EVALUATION"
                     and e.event_specific_data.check_name == "smoke_test"]
-    about = evaluation.metadata["throwaway_database"].value
-    assert about.startswith("acci_scratch_") and "(dropped after)" in about
-    assert set(list_scratch_databases(scratch)) == before  # dropped
+    database = evaluation.metadata["throwaway_database"].value
+    assert database.startswith("a private PostgreSQL 15 server for this smoke test alone") and database.endswith(
+        "deleted after")
+    assert evaluation.metadata["throwaway_redis"].value.startswith("a private redis-server for this smoke test")
+    assert evaluation.metadata["network"].value.startswith("none")
+    assert set(list_scratch_databases(scratch)) == before
+
+
+def test_a_build_under_a_storage_path_with_a_dot_component_capitals_and_spaces(image_env, registry, instance):
+    """ACCI_IMAGE_STORAGE_DIR like ./run dev's default ($ROOT/.acci_dev/images) under a directory
+    with capitals and a space: the smoke-tested image is run by its id, the version is pushed."""
+    root = Path(tempfile.mkdtemp(prefix="acci-defs-", dir="/tmp"))  # outside pytest's root (see the smoke tests)
+    storage = root / "My Dir" / ".acci_dev" / "images"
+    image_env.setenv("ACCI_IMAGE_STORAGE_DIR", str(storage))
+    reg = use_registry(image_env, registry, "defs/dot-dir")
+    try:
+        result = build(instance, "1.1.0")
+        assert result.success, failure_of(result)
+        assert checks_of(result)["smoke_test"][0] is True and reg.tag_digest("1.1.0")
+    finally:
+        ContainerTools(storage).remove_storage()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_hostile_partition_key_is_refused_before_git(image_env, registry, instance):

@@ -1,4 +1,4 @@
-"""The object store under transient failures: the README promises that throttling and 5xx answers
+"""The object store under transient failures: docs/backups.md promises that throttling and 5xx answers
 are retried (boto3, 5 attempts). A small HTTP proxy in front of the real moto server answers
 503 SlowDown to the first attempt of every request, and the backup must still land, verified."""
 

@@ -145,7 +145,7 @@ def _recovery_finished(context: dg.OpExecutionContext, webhook: AlertWebhook, pl
     context.add_output_metadata(report_metadata(report, uri))
     if report.kept_database:
         context.log.info(f"the database as it was before DR is kept as {report.kept_database}; drop it once "
-                         "no longer needed (README, 'Disaster recovery')")
+                         "no longer needed (docs/runbooks/disaster-recovery.md)")
     notify(webhook, context, f"DR of `{report.environment}` {outcome}"
                              + (f" (RTO {human_duration(report.rto_seconds)})" if report.rto_seconds else "")
                              + (f": {report.failure}" if report.failure else ""))
@@ -216,7 +216,8 @@ def build_recovery_job(specs: list[EnvironmentSpec], settings: Settings) -> dg.J
             "database beside the environment's, verified against its manifest, then switched in by renaming (the "
             "previous database is kept as <db>_before_dr_<time>), and FLUSHALL of its Redis, (3) /health and "
             "/metrics. Never tears anything down. Requires 'confirm' to equal the environment's name; refuses "
-            "another environment's backups, and unvalidated ones unless overridden. See README, 'Disaster recovery'."
+            "another environment's backups, and unvalidated ones unless overridden. "
+            "See docs/runbooks/disaster-recovery.md."
         ),
         tags={"acci/operation": "dr"},
         resource_defs=fixed_resources(settings, specs),

@@ -11,6 +11,8 @@ and the step fails with the check's one-line cause.
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -18,18 +20,25 @@ from pydantic import Field
 from acci_ops.defs._shared import engine_errors
 from acci_ops.defs.images.partitions import ACCI_VERSIONS, check_partition_key
 from acci_ops.defs.images.resources import RESOURCE_KEY, ImageBuilder
+from acci_ops.lib.core.errors import AcciOpsError
 from acci_ops.lib.core.steps import human_bytes, human_duration
 from acci_ops.lib.images.build import LocalIndex
 from acci_ops.lib.images.outcome import Artifact, CheckOutcome
 from acci_ops.lib.images.pipeline import BuildReport, build_version
 from acci_ops.lib.images.policy import image_policy
-from acci_ops.lib.images.sbom import provenance_statement, sbom_document
+from acci_ops.lib.images.sandbox import private_services
+from acci_ops.lib.images.sbom import provenance_statement, sbom_artifact
 from acci_ops.lib.images.scan import vulnerability_scan
+from acci_ops.lib.images.smoke import CHECK_NAME as SMOKE_CHECK
 from acci_ops.lib.images.smoke import smoke_test
-from acci_ops.lib.images.source import Checkout
-from acci_ops.lib.postgres.scratch import create_scratch_database, drop_scratch_database, new_scratch_name
+from acci_ops.lib.images.source import Checkout, public_url
 
 ASSET_KEY = dg.AssetKey("acci_image")
+# Set by source_tag_sensor on each run it requests: the commit the release tag named at that tick.
+REVISION_TAG = "acci/revision"
+# One image build at a time (instance pools default to a limit of 1, dagster.yaml): two runs of one
+# version must not race for its tag; the registry push is a compare-and-swap on top of that.
+POOL = "acci_image_build"
 GROUP = "images"
 CHECKS = {
     "elf_architecture": "Every ELF binary in each platform's image is built for that platform (an amd64 binary "
@@ -71,6 +80,8 @@ def _metadata(report: BuildReport) -> dict[str, object]:
         meta[name] = value if isinstance(value, str | int | float | bool) else str(value)
     for tag, digest in sorted(report.artifacts.items()):
         meta[f"artifact {tag}"] = digest
+    if report.completed:
+        meta["completed"] = ", ".join(report.completed)
     return meta
 
 
@@ -82,35 +93,32 @@ def _check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
 
 
 @contextmanager
-def throwaway_services(context: dg.AssetExecutionContext, images: ImageBuilder, scratch_key: str | None,
-                       drill_key: str | None) -> Iterator[tuple[str | None, str | None, dict[str, str]]]:
-    """(database URL, Redis URL, metadata) for the smoke-tested image, never production's: the ones
-    named by ACCI_IMAGE_SMOKE_*; else a new scratch database on the validation scratch server
-    (dropped afterwards, whatever happens) and the drill Redis, when those are configured."""
-    database, redis, about = images.smoke_database_url or None, images.smoke_redis_url or None, {}
-    created = None
-    if database is None and scratch_key:
-        validation = getattr(context.resources, scratch_key)
-        scratch = validation.scratch()
-        name = new_scratch_name()
-        create_scratch_database(scratch, name, allow_superuser=validation.scratch_allow_superuser)
-        created = (scratch, name)
-        database = dataclasses.replace(scratch, dbname=name).to_url()
-        about["throwaway_database"] = f"{name} on the scratch server {scratch.host}:{scratch.port} (dropped after)"
-    if redis is None and drill_key:
-        redis = getattr(context.resources, drill_key).drill_redis_url or None
-        if redis:
-            about["throwaway_redis"] = "the drill Redis (ACCI_DRILL_REDIS_URL)"
-    try:
-        yield database, redis, about
-    finally:
-        if created:
-            drop_scratch_database(*created)
+def throwaway_services(images: ImageBuilder, workdir: Path) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
+    """(SmokeConfig fields, metadata) giving the smoke-tested image a database and a Redis that
+    hold nothing and lead nowhere: by default a private PostgreSQL server and redis-server started
+    for this smoke test alone under the build's ``workdir``, reached only through their unix
+    sockets mounted into the container, deleted after whatever happens (``sandbox``). Never the
+    validation scratch server nor a drill's Redis: the image under test is written by whoever can
+    push a tag, and those hold restored production data. ACCI_IMAGE_SMOKE_DATABASE_URL /
+    ACCI_IMAGE_SMOKE_REDIS_URL replace one or both (the operator's choice, handed over as given)."""
+    database, redis = images.smoke_database_url or None, images.smoke_redis_url or None
+    about: dict[str, str] = {}
+    if database:
+        about["throwaway_database"] = "ACCI_IMAGE_SMOKE_DATABASE_URL (the operator's; the container has no network)"
+    if redis:
+        about["throwaway_redis"] = "ACCI_IMAGE_SMOKE_REDIS_URL (the operator's; the container has no network)"
+    if database and redis:
+        yield {"database_url": database, "redis_url": redis}, about
+        return
+    with private_services(workdir, images.storage_path(), database=database is None,
+                          redis=redis is None) as services:
+        fields = {"database_url": database or services.database_url or None,
+                  "redis_url": redis or services.redis_url or None, "mounts": services.mounts}
+        yield fields, {**services.about, **about, "throwaway_services_seconds": f"{services.seconds:.2f}"}
 
 
-def build_image_asset(scratch_key: str | None = None, drill_key: str | None = None) -> dg.AssetsDefinition:
-    """``scratch_key`` / ``drill_key``: resources whose scratch server and drill Redis give the smoke
-    test its throwaway database and Redis (None: the image gets none unless ACCI_IMAGE_SMOKE_* say)."""
+def build_image_asset() -> dg.AssetsDefinition:
+    """The build asset; it needs only the image resource (the smoke test brings its own services)."""
     @dg.multi_asset(
         name="build_acci_image",
         specs=[dg.AssetSpec(
@@ -126,8 +134,9 @@ def build_image_asset(scratch_key: str | None = None, drill_key: str | None = No
         check_specs=[dg.AssetCheckSpec(name, asset=ASSET_KEY, blocking=True, description=text)
                      for name, text in CHECKS.items()],
         partitions_def=ACCI_VERSIONS,
+        pool=POOL,
         can_subset=True,  # a no-op rebuild reports nothing new: no materialization, no check results
-        required_resource_keys={RESOURCE_KEY} | {k for k in (scratch_key, drill_key) if k},
+        required_resource_keys={RESOURCE_KEY},
     )
     def build_acci_image(context: dg.AssetExecutionContext, config: BuildImageConfig) -> Iterator[object]:
         key = context.partition_key
@@ -149,9 +158,13 @@ def build_image_asset(scratch_key: str | None = None, drill_key: str | None = No
         log = context.log.info
 
         def smoke(local: LocalIndex, checkout: Checkout) -> CheckOutcome:
-            with throwaway_services(context, images, scratch_key, drill_key) as (database, redis, about):
-                config = dataclasses.replace(smoke_cfg, database_url=database, redis_url=redis)
-                outcome = smoke_test(images.engine(tools), local.oci_dir, config, log=log)
+            try:
+                with throwaway_services(images, Path(local.oci_dir).parent) as (fields, about):
+                    outcome = smoke_test(images.engine(tools), local.oci_dir, dataclasses.replace(smoke_cfg, **fields),
+                                         log=log)
+            except AcciOpsError as exc:
+                return CheckOutcome(SMOKE_CHECK, False, "ERROR",
+                                    " ".join(f"could not start the smoke test's own database and Redis: {exc}".split()))
             return dataclasses.replace(outcome, metadata={**outcome.metadata, **about})
 
         def policy(local: LocalIndex, checkout: Checkout) -> CheckOutcome:
@@ -164,13 +177,14 @@ def build_image_asset(scratch_key: str | None = None, drill_key: str | None = No
                                       fail_on=images.scan_fail_on, log=log)
 
         def sbom(local: LocalIndex, checkout: Checkout) -> list[Artifact]:
-            document, media_type, components = sbom_document(local.oci_dir, name=settings.repository,
-                                                             version=checkout.version or checkout.short, log=log)
-            return [Artifact("sbom", document, media_type, metadata={"sbom_components": components})]
+            # One document for every platform of the index (per-platform counts in its metadata).
+            return [sbom_artifact(local.oci_dir, name=settings.repository, version=checkout.version or checkout.short,
+                                  log=log)]
 
         def provenance(local: LocalIndex, checkout: Checkout) -> list[Artifact]:
             statement = provenance_statement(
-                subject_name=settings.repository, index_digest=local.index_digest, source_repo=settings.source_repo,
+                subject_name=settings.repository, index_digest=local.index_digest,
+                source_repo=public_url(settings.source_repo),
                 revision=checkout.commit, source_ref=checkout.ref,
                 build_parameters={"platforms": list(settings.platforms), "dockerfile": settings.dockerfile,
                                   "context": settings.context, "source_date_epoch": checkout.commit_epoch},
@@ -180,11 +194,15 @@ def build_image_asset(scratch_key: str | None = None, drill_key: str | None = No
             return [Artifact("att", statement, "application/vnd.in-toto+json",
                              metadata={"provenance": "in-toto v1, SLSA provenance v1"})]
 
-        context.log.info(f"building {key} from {settings.source_repo} for {', '.join(settings.platforms)}")
+        # The commit source_tag_sensor saw: the run builds exactly that, or stops (a tag moved since).
+        expected = context.run.tags.get(REVISION_TAG) or None
+        context.log.info(f"building {key} from {public_url(settings.source_repo)} for {', '.join(settings.platforms)}"
+                         + (f" (commit {expected[:12]}, as the sensor saw it)" if expected else ""))
         with engine_errors():
             report = build_version(settings, key, tools=tools, checks=[smoke, policy, scan],
-                                   artifacts=[sbom, provenance], log=log, force=config.force)
-        if report.noop:
+                                   artifacts={"sbom": sbom, "att": provenance}, log=log, force=config.force,
+                                   expected_commit=expected)
+        if report.noop and not report.completed:
             context.log.info(f"{report.message} (no new materialization; launch with force: true to rebuild)")
             return
         for outcome in report.outcomes:

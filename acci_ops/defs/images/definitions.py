@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import dagster as dg
 
-from acci_ops.defs._shared import resource_key
 from acci_ops.defs.images.assets import ASSET_KEY, build_image_asset
+from acci_ops.defs.images.jobs import build_image_cleanup_job, build_image_cleanup_schedule
 from acci_ops.defs.images.resources import RESOURCE_KEY, images_resource
 from acci_ops.defs.images.sensors import build_source_tag_sensor
-from acci_ops.settings import Settings
+from acci_ops.settings import ImagesSpec, Settings
+
+
+def max_runtime_seconds(spec: ImagesSpec) -> int:
+    """The longest a build_image run may take before Dagster stops it: a run stuck past every
+    timeout of its own (a hung push, a check that never returns) must not hold the pool forever."""
+    return int(spec.build_timeout_seconds + spec.smoke_timeout_seconds + 1800)
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
@@ -24,17 +30,18 @@ def build_defs(settings: Settings) -> dg.Definitions:
             "non-release build of a branch or commit, add a partition named after it in the Launchpad: it is "
             "pushed as sha-<commit> only and never released. A version already built from the same commit is a "
             "no-op (config force: true rebuilds and must reproduce the same digest)."),
-        tags={"acci/operation": "image_build"},
+        # Run monitoring stops a run past dagster/max_runtime (dagster.yaml run_monitoring): the build
+        # has its own timeout, the smoke test its deadline; clone, other checks and push get 30 min.
+        tags={"acci/operation": "image_build", "dagster/max_runtime": str(max_runtime_seconds(spec))},
         executor_def=dg.in_process_executor,
     )
-    # The smoke test's throwaway database and Redis: the first environment's scratch server and drill Redis.
-    scratch = next((e.name for e in settings.environments if e.validates), None)
-    drill = next((e.name for e in settings.environments if e.dr and e.dr.drill_redis_url_env), None)
-    asset = build_image_asset(resource_key("validation", scratch) if scratch else None,
-                              resource_key("dr", drill) if drill else None)
+    # The smoke test brings its own private database and Redis (lib/images/sandbox.py): never the
+    # validation scratch server or a drill's Redis, which hold restored production data.
+    cleanup = build_image_cleanup_job(max_runtime_seconds(spec))
     return dg.Definitions(
-        assets=[asset],
-        jobs=[job],
+        assets=[build_image_asset()],
+        jobs=[job, cleanup],
+        schedules=[build_image_cleanup_schedule(cleanup, settings.timezone)],
         sensors=[build_source_tag_sensor(spec, job)],
         resources={RESOURCE_KEY: images_resource(spec)},
     )

@@ -30,7 +30,7 @@ class ImageBuilder(spec_resource(ImagesSpec, "ImageBuilderFields")):
             tls_verify=self.registry_tls_verify, platforms=tuple(self.platforms), dockerfile=self.dockerfile,
             context=self.build_context, backend=self.build_backend, engine=self.container_engine,
             storage_dir=self.storage_path(), latest_tag="latest" if self.latest_tag else None,
-            build_timeout_seconds=self.build_timeout_seconds)
+            build_timeout_seconds=self.build_timeout_seconds, build_network=self.build_network)
 
     def storage_path(self) -> Path:
         return Path(self.storage_dir) if self.storage_dir else default_storage_dir()
@@ -49,8 +49,10 @@ class ImageBuilder(spec_resource(ImagesSpec, "ImageBuilderFields")):
                 command = tuple(shlex.split(self.smoke_command))
             except ValueError as exc:
                 raise ConfigError(f"ACCI_IMAGE_SMOKE_COMMAND cannot be split into arguments: {exc}") from None
+        if self.smoke_port is not None and not 1 <= self.smoke_port <= 65535:
+            raise ConfigError(f"ACCI_IMAGE_SMOKE_PORT={self.smoke_port} is not a TCP port (1-65535)")
         return SmokeConfig(required_metrics=tuple(self.required_metrics), timeout_seconds=self.smoke_timeout_seconds,
-                           command=command, database_url=self.smoke_database_url or None,
+                           command=command, port=self.smoke_port, database_url=self.smoke_database_url or None,
                            redis_url=self.smoke_redis_url or None)
 
     def policy_config(self, dockerfile: Path | None) -> PolicyConfig:

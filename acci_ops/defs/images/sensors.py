@@ -6,7 +6,7 @@ import json
 
 import dagster as dg
 
-from acci_ops.defs.images.partitions import ACCI_VERSIONS, check_partition_key
+from acci_ops.defs.images.partitions import ACCI_VERSIONS, check_release_version
 from acci_ops.lib.core.errors import AcciOpsError
 from acci_ops.lib.images.source import SourceTag, list_release_tags
 from acci_ops.settings import ImagesSpec
@@ -14,20 +14,40 @@ from acci_ops.settings import ImagesSpec
 SENSOR_INTERVAL_SECONDS = 120
 
 
+def tag_problems(tags: list[SourceTag]) -> dict[str, str]:
+    """version -> why it is not built, for every version the tags name that cannot be a partition
+    and an image tag, or that two tags name."""
+    names: dict[str, list[str]] = {}
+    for t in tags:
+        names.setdefault(t.version, []).append(t.tag)
+    problems: dict[str, str] = {}
+    for version, tag_names in names.items():
+        problem = check_release_version(version)
+        if not problem and len(tag_names) > 1:
+            problem = (f"version {version} is named by {len(tag_names)} tags ({', '.join(sorted(tag_names))}): "
+                       "delete all but one")
+        if problem:
+            problems[version] = problem
+    return problems
+
+
 def plan_tick(tags: list[SourceTag], seen: dict[str, str], known: set[str], first_tick: bool,
               limit: int) -> tuple[list[SourceTag], list[str], dict[str, str]]:
     """(tags to build now, warnings, new cursor). Oldest new version first, at most ``limit``. On
     the very first tick (empty cursor) every existing tag becomes a partition but only the newest
     is built: a fresh install must not queue years of history. A tag that moved to another commit
-    is reported, never rebuilt: versions are immutable."""
+    is reported, never rebuilt: versions are immutable. A tag whose version cannot be a partition
+    and an image tag (``v1.²``, ``v1.2.0+build.5``), or two tags naming one version (``v1.2.0`` and
+    ``1.2.0`` under the pattern ``*``), is skipped with a warning: one bad tag never stops a tick."""
     warnings: list[str] = []
     fresh = [t for t in tags if t.version not in seen and t.version not in known]
     for t in tags:
         if t.version in seen and seen[t.version] != t.commit:
             warnings.append(f"tag {t.tag} moved from {seen[t.version][:12]} to {t.commit[:12]}; version "
                             f"{t.version} is not rebuilt (tags are immutable: publish a new version)")
-    bad = [t for t in fresh if check_partition_key(t.version)]
-    warnings += [f"tag {t.tag} skipped: {check_partition_key(t.version)}" for t in bad]
+    problems = tag_problems(tags)
+    bad = [t for t in fresh if t.version in problems]
+    warnings += [f"tag {t.tag} skipped: {problems[t.version]}" for t in bad]
     fresh = [t for t in fresh if t not in bad]
     if first_tick and len(fresh) > 1:
         build = fresh[-1:]
@@ -72,7 +92,7 @@ def build_source_tag_sensor(spec: ImagesSpec, job: dg.UnresolvedAssetJobDefiniti
         build, warnings, cursor = plan_tick(tags, seen, known, not context.cursor, spec.tags_per_tick)
         for warning in warnings:
             context.log.warning(warning)
-        unusable = {t.version for t in tags if check_partition_key(t.version)}
+        unusable = set(tag_problems(tags))
         new_keys = sorted({v for v in cursor if v not in known} - unusable)
         requests = [dg.RunRequest(run_key=f"build:{t.version}@{t.commit}", partition_key=t.version,
                                   tags={"acci/source_tag": t.tag, "acci/revision": t.commit})

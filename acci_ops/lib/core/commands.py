@@ -9,10 +9,13 @@ safe to log as-is.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 
@@ -143,11 +147,14 @@ def child_env(extra: Mapping[str, str] | None = None, *, allow: Iterable[str] = 
     return env
 
 
+LINE_LIMIT = 65536  # a "line" without a newline is cut here: a tool cannot make acci_ops hold it whole
+
+
 def pump_lines(stream, sink: LineSink | None, tail: deque) -> threading.Thread:  # noqa: ANN001
     """Forward a child's text stream to ``sink`` on a thread, keeping the last lines for errors."""
 
     def run() -> None:
-        for raw in iter(stream.readline, b""):
+        for raw in iter(lambda: stream.readline(LINE_LIMIT), b""):
             line = raw.decode(errors="replace").rstrip()
             if line:
                 tail.append(line)
@@ -160,59 +167,225 @@ def pump_lines(stream, sink: LineSink | None, tail: deque) -> threading.Thread: 
     return thread
 
 
+# --- process groups ----------------------------------------------------------------------------
+# Every tool starts in a session (and so a process group) of its own, and a timeout or an interrupt
+# of the waiting thread (Ctrl-C, Dagster's run termination, which raises in the step's thread)
+# kills that whole group: buildah's RUN step, git's remote helper, a scanner's workers go with it,
+# instead of running on with no limit while their work directory is deleted. When acci_ops itself
+# is killed (SIGKILL, OOM) nothing runs in it any more, so the kernel does it: the tool is started
+# through util-linux's ``setpriv --pdeathsig KILL`` (an exec, not a fork of this large process as a
+# preexec_fn would need). That reaches the tool only, not its children: buildah's chroot runtime
+# sets the same signal on its own, a RUN step's runc container (``--isolation oci``, a session and
+# PID namespace of its own) has none, and ``cleanup.remove_stale`` removes what is left that way.
+
+def process_start_ticks(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None when it does not exist: with the pid,
+    it names one process even after the number has been reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat.rpartition(")")[2].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _proc_table() -> list[tuple[int, int, int, str]]:
+    """``(pid, ppid, pgid, state)`` of every process (Linux /proc; empty elsewhere)."""
+    rows = []
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rpartition(")")[2].split()
+            rows.append((int(name), int(fields[1]), int(fields[2]), fields[0]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return rows
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    return [pid for pid, _, group, state in _proc_table() if group == pgid and state != "Z"]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` in the process tree (also those that left its group)."""
+    children: dict[int, list[int]] = {}
+    for child, parent, _, state in _proc_table():
+        if state != "Z":
+            children.setdefault(parent, []).append(child)
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def kill_group(leader: int) -> None:
+    """SIGKILL the process group led by ``leader`` and every descendant of it that left the group
+    (looked up first: a killed parent's children are re-parented and can no longer be found)."""
+    below = descendants(leader)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader, signal.SIGKILL)
+    for pid in below:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+_setpriv: list[str] | None = None
+
+
+def _death_signal_wrapper() -> list[str]:
+    """``[setpriv, --pdeathsig, KILL, --]`` when this machine's setpriv can do it, else ``[]``."""
+    global _setpriv
+    if _setpriv is None:
+        found = shutil.which("setpriv") or next((p for p in ("/usr/bin/setpriv", "/bin/setpriv")
+                                                 if os.access(p, os.X_OK)), None)
+        wrapper = [found, "--pdeathsig", "KILL", "--"] if found else []
+        if wrapper:
+            try:
+                ok = subprocess.run([*wrapper, "true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, timeout=10).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+            wrapper = wrapper if ok else []
+        _setpriv = wrapper
+    return _setpriv
+
+
+def _check_executable(program: str, env: Mapping[str, str], cwd: str | None) -> None:
+    """What Popen would have raised for a program the wrapper is then asked to run: ConfigError when
+    it does not exist, PermissionError when it is not executable (setpriv would only exit 127/126)."""
+    if "/" in program:
+        path = program if os.path.isabs(program) else os.path.join(cwd or ".", program)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return
+        if os.path.exists(path):
+            raise PermissionError(errno.EACCES, "Permission denied", program)
+    elif shutil.which(program, path=env.get("PATH", os.defpath)):
+        return
+    raise ConfigError(f"{program} not found; install it or fix the configured path")
+
+
+class CommandOutputTooLarge(AcciOpsError):
+    """A tool wrote more data than its caller accepts and was stopped."""
+
+
+def human_size(limit: int) -> str:
+    """A byte limit for a message: "64 MiB"."""
+    return f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit} bytes"
+
+
+def _write_pidfile(path: str | os.PathLike, pid: int) -> None:
+    """``<pgid> <its start ticks> <our pid> <our start ticks>``: enough for a later cleanup to kill
+    this group, only this one, and only once the acci_ops process that started it is gone."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    own = os.getpid()
+    partial.write_text(f"{pid} {process_start_ticks(pid) or 0} {own} {process_start_ticks(own) or 0}\n")
+    partial.replace(target)
+
+
 def run_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float | None = None,
                 on_line: LineSink | None = None, check: bool = True, cwd: str | None = None,
                 stdin_file: str | None = None, allow_env: Iterable[str] = (),
-                capture_stdout: bool = False) -> CommandResult:
+                capture_stdout: bool = False, max_stdout_bytes: int | None = None,
+                pidfile: str | os.PathLike | None = None, die_with_parent: bool = True) -> CommandResult:
     """Run a tool to completion, streaming its merged output; raise ``CommandFailed`` on non-zero.
 
     ``capture_stdout``: for a tool whose stdout is data (a JSON report), not log lines: stdout is
-    collected whole into ``result.stdout`` and only stderr is streamed to ``on_line`` and ``tail``.
+    collected whole into ``result.stdout`` and only stderr is streamed to ``on_line`` and ``tail``;
+    ``max_stdout_bytes`` bounds it (the tool is killed and ``CommandOutputTooLarge`` raised beyond).
+
+    The tool runs in a process group of its own, killed whole at the timeout (``CommandTimeout``)
+    and when the waiting thread is interrupted (the interrupt is re-raised); with
+    ``die_with_parent`` the kernel also kills it if acci_ops dies. ``pidfile``: the group's id is
+    written there while it runs (``cleanup.remove_stale`` kills what a killed acci_ops left).
 
     The tool's environment is ``child_env(env, allow=allow_env)``: the allow-listed names of this
     process's environment plus ``env``; none of this process's other variables (its secrets among
     them) unless an operator lists them in ACCI_CHILD_ENV_ALLOW."""
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=20)
+    environment = child_env(env, allow=allow_env)
+    wrapper = _death_signal_wrapper() if die_with_parent else []
+    if wrapper:
+        _check_executable(argv[0], environment, cwd)
     stdin = open(stdin_file, "rb") if stdin_file else subprocess.DEVNULL
     try:
-        proc = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([*wrapper, *argv], stdin=stdin, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE if capture_stdout else subprocess.STDOUT,
-                                env=child_env(env, allow=allow_env), cwd=cwd)
+                                env=environment, cwd=cwd, start_new_session=True)
     except FileNotFoundError:
         raise ConfigError(f"{argv[0]} not found; install it or fix the configured path") from None
     finally:
         if stdin_file:
             stdin.close()
-    pump = pump_lines(proc.stderr if capture_stdout else proc.stdout, on_line, tail)
-    chunks: list[bytes] = []
-    collector = None
-    if capture_stdout:  # its own thread: never both pipes from one reader
-        collector = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read(65536), b"")),
-                                     daemon=True)
-        collector.start()
-    # A blocking wait, with a timer that kills the tool at the deadline: Popen.wait(timeout=...)
-    # polls with sleeps of up to 50 ms, a delay every short tool call would pay.
+    name = os.path.basename(argv[0])
     expired = threading.Event()
+    overflow = threading.Event()
 
     def kill() -> None:
-        expired.set()
-        proc.kill()
+        if proc.returncode is None:
+            kill_group(proc.pid)
 
-    timer = threading.Timer(timeout, kill) if timeout is not None else None
-    if timer:
-        timer.daemon = True
-        timer.start()
+    def expire() -> None:
+        expired.set()
+        kill()
+
+    chunks: list[bytes] = []
+    timer = threading.Timer(timeout, expire) if timeout is not None else None
     try:
+        if pidfile:
+            _write_pidfile(pidfile, proc.pid)
+        pump = pump_lines(proc.stderr if capture_stdout else proc.stdout, on_line, tail)
+        collector = None
+        if capture_stdout:  # its own thread: never both pipes from one reader
+
+            def collect() -> None:
+                size = 0
+                for chunk in iter(lambda: proc.stdout.read(65536), b""):
+                    size += len(chunk)
+                    if max_stdout_bytes is not None and size > max_stdout_bytes:
+                        overflow.set()
+                        kill()
+                        break
+                    chunks.append(chunk)
+                proc.stdout.close()
+
+            collector = threading.Thread(target=collect, daemon=True)
+            collector.start()
+        # A blocking wait, with a timer that kills the tool at the deadline: Popen.wait(timeout=...)
+        # polls with sleeps of up to 50 ms, a delay every short tool call would pay.
+        if timer:
+            timer.daemon = True
+            timer.start()
         proc.wait()
+    except BaseException:
+        # Interrupted (KeyboardInterrupt, Dagster's termination) or failed while waiting: the tool
+        # must not outlive the step that started it.
+        kill_group(proc.pid)
+        with contextlib.suppress(BaseException):
+            proc.wait(10)
+        raise
     finally:
         if timer:
             timer.cancel()
+        if pidfile:
+            with contextlib.suppress(OSError):
+                os.unlink(pidfile)
     pump.join(5)
     if collector:
         collector.join(5)
+    if overflow.is_set():
+        raise CommandOutputTooLarge(f"{name} wrote more than {human_size(max_stdout_bytes or 0)} to its standard "
+                                    "output and was stopped")
     if expired.is_set() and proc.returncode == -9:  # killed by the timer, not exited just before it
-        name = os.path.basename(argv[0])
         raise CommandTimeout(f"{name} did not finish within {timeout:.0f} s and was killed") from None
     result = CommandResult(tuple(argv), proc.returncode, time.monotonic() - started, tuple(tail), b"".join(chunks))
     if check and result.returncode != 0:

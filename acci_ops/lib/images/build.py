@@ -7,6 +7,15 @@ directory: the staging copy every check reads and the push copies from, byte for
 uses storage of its own under its work directory (removed afterwards), so concurrent builds never
 share a lock or a half-built image, and nothing accumulates.
 
+RUN steps run under runc (``--isolation oci``) with ``--network none`` unless
+``ACCI_IMAGE_BUILD_NETWORK`` names a network: a Dockerfile is code from whoever can push a tag,
+and a RUN step on the host's network (chroot isolation knows no other, and buildah refuses
+``--network none`` with it) reaches every service on 127.0.0.1, a cloud metadata endpoint included.
+
+Registry TLS: ``ACCI_REGISTRY_TLS_VERIFY=false`` is for the target registry only. It becomes an
+``insecure = true`` entry for that one host in the build's own registries.conf (a base image may
+live there); every other registry a ``FROM`` names is reached with TLS verified.
+
 Base images: after the build, and before that storage is removed, the images buildah pulled for
 each external ``FROM`` are looked up in it (``buildah images`` / ``buildah inspect``), so the
 digests recorded are the ones the build used, not what a tag points at later.
@@ -17,7 +26,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -25,16 +33,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from acci_ops.lib.core.commands import CommandFailed, LineSink
+from acci_ops.lib.core.commands import CommandFailed, CommandTimeout, LineSink
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 from acci_ops.lib.images.elf import SUPPORTED_ARCHITECTURES
 from acci_ops.lib.images.oci import IndexInfo, normalize_index, read_index
-from acci_ops.lib.images.source import Checkout
+from acci_ops.lib.images.source import Checkout, public_url
 from acci_ops.lib.images.tools import ContainerTools
 
 SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/ppc64le", "linux/s390x", "linux/riscv64")
 LABEL_PREFIX = "org.opencontainers.image."
 MIN_FREE_MB = 512
+NO_NETWORK = "none"
+# Where podman keeps the networks an operator creates (CNI, netavark): a named build network is
+# copied from there into the build's own network directory.
+NETWORK_CONFIG_DIRS = (Path("/etc/cni/net.d"), Path("/etc/containers/networks"))
+DEFAULT_NETWORK = "podman"  # podman's built-in bridge: needs no file
+_NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_REGISTRY_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 
 
 class BuildFailed(AcciOpsError):
@@ -87,6 +102,59 @@ def parse_platforms(value: str | Sequence[str]) -> list[str]:
     return items
 
 
+def check_build_network(value: str) -> str:
+    """The network RUN steps get: ``none`` (the default), ``host`` or a podman network's name;
+    ConfigError in one line for anything else (``ns:/path``, ``container:x``, a typo with spaces)."""
+    value = value.strip()
+    if value in (NO_NETWORK, "host") or _NETWORK_NAME.fullmatch(value):
+        return value
+    raise ConfigError(f"ACCI_IMAGE_BUILD_NETWORK {value[:64]!r} is not a network: use none (the default: RUN "
+                      "steps get no network), host, or the name of a podman network")
+
+
+def _network_definition(name: str, dirs: Sequence[Path]) -> Path | None:
+    """The operator's definition of podman network ``name`` (a CNI conflist or a netavark file)."""
+    for directory in dirs:
+        for path in sorted(directory.glob("*.conflist")) + sorted(directory.glob("*.json")):
+            try:
+                if json.loads(path.read_text()).get("name") == name:
+                    return path
+            except (OSError, ValueError, AttributeError):
+                continue
+    return None
+
+
+def _network_definition_for(network: str, dirs: Sequence[Path]) -> Path | None:
+    """The file to copy for a named build network (None for none/host/podman's default), or
+    ConfigError when podman does not define it: checked before anything is built."""
+    network = check_build_network(network)
+    if network in (NO_NETWORK, "host", DEFAULT_NETWORK):
+        return None
+    found = _network_definition(network, dirs)
+    if found is None:
+        raise ConfigError(f"ACCI_IMAGE_BUILD_NETWORK names podman network '{network}', which is not defined "
+                          f"here (no definition named so in {', '.join(str(d) for d in dirs)})")
+    return found
+
+
+def _check_registry_host(registry_host: str) -> None:
+    if not _REGISTRY_HOST.fullmatch(registry_host):
+        raise ConfigError(f"registry host {registry_host[:64]!r} is not host[:port]")
+
+
+def configure_build(storage: ContainerTools, network_file: Path | None, insecure_registry: str | None) -> None:
+    """The build's own config: a named network's definition in its network directory (its
+    containers.conf names that one), and plain http / unverified TLS for the target registry alone."""
+    if network_file:
+        target = storage.conf_dir / "networks"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(network_file, target / network_file.name)
+    if insecure_registry:
+        _check_registry_host(insecure_registry)
+        with storage.registries_conf.open("a") as conf:
+            conf.write(f"\n[[registry]]\nlocation = {json.dumps(insecure_registry)}\ninsecure = true\n")
+
+
 def _inside(root: Path, relative: str, what: str, checkout: Checkout) -> Path:
     path = (root / relative).resolve()
     if path != root.resolve() and root.resolve() not in path.parents:
@@ -98,7 +166,7 @@ def oci_labels(checkout: Checkout, title: str, extra: Mapping[str, str] | None =
     """The OCI labels every image carries: where it came from, which commit, which version, when."""
     created = datetime.fromtimestamp(checkout.commit_epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     labels = {
-        LABEL_PREFIX + "source": _public_url(checkout.repo),
+        LABEL_PREFIX + "source": public_url(checkout.repo),
         LABEL_PREFIX + "revision": checkout.commit,
         LABEL_PREFIX + "version": checkout.version or f"sha-{checkout.short}",
         LABEL_PREFIX + "created": created,
@@ -106,10 +174,6 @@ def oci_labels(checkout: Checkout, title: str, extra: Mapping[str, str] | None =
     }
     labels.update(extra or {})
     return labels
-
-
-def _public_url(repo: str) -> str:
-    return re.sub(r"//[^/@]+@", "//", repo)
 
 
 _FROM_LINE = re.compile(r"^\s*FROM\s+((?:--\S+\s+)*)(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE)
@@ -174,16 +238,15 @@ class StoredImage:
 
 
 def _buildah_output(storage: ContainerTools, *args: str, timeout: float = 120) -> str:
-    """A buildah command's standard output (for JSON/template output), one-line error on failure."""
+    """A buildah command's standard output (for JSON/template output), one-line error on failure;
+    run like every tool (own process group, killed on timeout or interrupt)."""
     try:
-        proc = subprocess.run(storage.buildah_argv(*args), env=storage.env(), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
+        result = storage.buildah(*args, timeout=timeout, check=False, capture_stdout=True)
+    except CommandTimeout:
         raise AcciOpsError(f"buildah {args[0]} did not finish within {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-        raise AcciOpsError(f"buildah {args[0]} failed (exit code {proc.returncode}): {lines[-1] if lines else ''}")
-    return proc.stdout
+    if result.returncode != 0:
+        raise AcciOpsError(f"buildah {args[0]} failed (exit code {result.returncode}): {result.last_line}")
+    return result.stdout.decode(errors="replace")
 
 
 def stored_images(storage: ContainerTools, wanted: Sequence[str]) -> list[StoredImage]:
@@ -311,15 +374,38 @@ def check_free_space(directory: Path, min_free_mb: int = MIN_FREE_MB) -> None:
                            f"need at least {min_free_mb} MB (ACCI_IMAGE_STORAGE_DIR)")
 
 
+def build_argv(storage: ContainerTools, checkout: Checkout, platforms: Sequence[str], *, list_name: str,
+               dockerfile: Path, context: Path, labels: Mapping[str, str], network: str = NO_NETWORK,
+               authfile: Path | None = None) -> list[str]:
+    """``buildah build``'s arguments. No ``--tls-verify``: it would apply to every registry a FROM
+    names; the target registry's exception is in the build's registries.conf. RUN steps run under
+    runc (``--isolation oci``): chroot isolation refuses any network but the host's."""
+    argv = ["build", "--isolation", "oci", "--network", check_build_network(network), "--format", "oci",
+            "--platform", ",".join(platforms), "--manifest", list_name, "--timestamp", str(checkout.commit_epoch),
+            "--signature-policy", str(storage.policy_json),
+            "--build-arg", f"SOURCE_DATE_EPOCH={checkout.commit_epoch}", "-f", str(dockerfile)]
+    if authfile:
+        argv += ["--authfile", str(authfile)]
+    for key, value in labels.items():
+        argv += ["--label", f"{key}={value}"]
+    argv.append(str(context))
+    return argv
+
+
 def build_index(tools: ContainerTools, checkout: Checkout, platforms: Sequence[str], *, workdir: Path,
                 dockerfile: str = "Dockerfile", context: str = ".", title: str = "acci-framework",
                 extra_labels: Mapping[str, str] | None = None, log: LineSink | None = None,
-                tls_verify: bool = True, authfile: Path | None = None, min_free_mb: int = MIN_FREE_MB,
-                timeout: float = 3600) -> LocalIndex:
+                tls_verify: bool = True, registry_host: str | None = None, authfile: Path | None = None,
+                min_free_mb: int = MIN_FREE_MB, timeout: float = 3600, network: str = NO_NETWORK,
+                network_dirs: Sequence[Path] = NETWORK_CONFIG_DIRS) -> LocalIndex:
     """Build ``checkout`` for ``platforms`` into ``workdir/oci`` and return what was built.
 
-    ConfigError before any build for an unsupported platform or a missing Dockerfile/context;
-    BuildFailed naming the failing step and its last output line."""
+    ``tls_verify=False`` turns TLS verification off for ``registry_host`` (the target registry)
+    only; without a ``registry_host`` nothing is insecure. ``network``: what RUN steps reach
+    (``check_build_network``), none by default.
+
+    ConfigError before any build for an unsupported platform, a bad network or a missing
+    Dockerfile/context; BuildFailed naming the failing step and its last output line."""
     platforms = parse_platforms(platforms)
     root = checkout.path
     dockerfile_path = _inside(root, dockerfile, "ACCI_DOCKERFILE", checkout)
@@ -329,6 +415,11 @@ def build_index(tools: ContainerTools, checkout: Checkout, platforms: Sequence[s
         raise ConfigError(f"Dockerfile '{dockerfile}' not found in {where} (ACCI_DOCKERFILE)")
     if not context_path.is_dir():
         raise ConfigError(f"build context '{context}' is not a directory in {where} (ACCI_BUILD_CONTEXT)")
+    network = check_build_network(network)
+    network_file = _network_definition_for(network, network_dirs)
+    insecure_registry = registry_host if not tls_verify and registry_host else None
+    if insecure_registry:
+        _check_registry_host(insecure_registry)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     check_free_space(workdir, min_free_mb)
@@ -338,15 +429,9 @@ def build_index(tools: ContainerTools, checkout: Checkout, platforms: Sequence[s
     storage = ContainerTools(workdir / "buildah", runtime=tools.runtime, ulimits=tools.ulimits)
     labels = oci_labels(checkout, title, extra_labels)
     list_name = f"localhost/acci-build-{checkout.short}-{uuid.uuid4().hex[:8]}"
-    argv = ["build", "--isolation", "chroot", "--format", "oci", "--platform", ",".join(platforms),
-            "--manifest", list_name, "--timestamp", str(checkout.commit_epoch),
-            "--signature-policy", str(storage.policy_json), f"--tls-verify={'true' if tls_verify else 'false'}",
-            "--build-arg", f"SOURCE_DATE_EPOCH={checkout.commit_epoch}", "-f", str(dockerfile_path)]
-    if authfile:
-        argv += ["--authfile", str(authfile)]
-    for key, value in labels.items():
-        argv += ["--label", f"{key}={value}"]
-    argv.append(str(context_path))
+    configure_build(storage, network_file, insecure_registry)
+    argv = build_argv(storage, checkout, platforms, list_name=list_name, dockerfile=dockerfile_path,
+                      context=context_path, labels=labels, network=network, authfile=authfile)
     lines: list[str] = []
 
     def sink(line: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from acci_ops.lib.core.errors import AcciOpsError
 from acci_ops.lib.images.oci import IndexInfo, ManifestInfo, iter_files
 from acci_ops.lib.images.outcome import CheckOutcome
 
@@ -73,11 +74,18 @@ def check_architectures(index: IndexInfo) -> list[ElfProblem]:
 
 
 def elf_outcome(index: IndexInfo) -> CheckOutcome:
-    """The ELF architecture check as a blocking CheckOutcome (one line naming the first bad file)."""
+    """The ELF architecture check as a blocking CheckOutcome (one line naming the first bad file).
+    A layout it cannot read (or a layer refused as too large) fails it the same way: an image
+    whose binaries could not be checked must not pass as checked."""
     problems: list[ElfProblem] = []
     counts: dict[str, int] = {}
     for manifest in index.manifests:
-        found, checked = check_manifest(index.oci_dir, manifest)
+        try:
+            found, checked = check_manifest(index.oci_dir, manifest)
+        except AcciOpsError as exc:
+            return CheckOutcome("elf_architecture", False, "ERROR",
+                                f"{manifest.platform}: the ELF check could not read the image: {exc}",
+                                {"elf_files_checked": counts})
         problems += found
         counts[manifest.platform] = checked
     metadata = {"elf_files_checked": counts, "problems": [str(p) for p in problems[:20]]}

@@ -5,8 +5,20 @@ staged OCI layout gets into it (``load``) and out again (``unload``), and which 
 ``rm`` need. Both CLIs share the rest of the argv (``run -d --name``, ``container inspect
 --format``, ``logs --tail``).
 
+The container runs with ``--network none``: its own network namespace holding only a loopback
+interface, so it reaches nothing (not this machine's loopback services, not its other addresses, not
+the outside). The smoke test talks to it through ``network_namespace``: a handle on that namespace
+(``/proc/<pid>/ns/net`` of the container's first process, checked to be the container's own through
+its cgroup), in which a short-lived thread opens each probe socket (``setns`` changes the namespace
+of one thread only), so the probes reach the app on the container's own 127.0.0.1 and no port is
+published anywhere. That needs the engine on this machine and the right to enter the namespace
+(root, as the rootful engines here run); otherwise the smoke test fails saying so.
+
 - ``PodmanEngine``: daemonless, in acci_ops's own container storage (``ContainerTools``); the image
-  is pulled from the layout with ``podman pull oci:DIR``.
+  is copied from the layout with ``skopeo copy oci:DIR containers-storage:localhost/acci-smoke-<id>``
+  (a generated name: ``podman pull oci:DIR`` would name it after the directory's path, which is
+  not a valid reference when a path component starts with a dot or has capitals or spaces) and run
+  by its image id.
 - ``DockerEngine``: a Docker engine at ``ACCI_DOCKER_HOST`` (default the local socket). The
   host-platform image is copied from the layout straight into the engine with ``skopeo copy oci:DIR
   docker-daemon:NAME`` (nothing is pushed to a registry). The docker CLI gets the endpoint as
@@ -16,8 +28,12 @@ staged OCI layout gets into it (``load``) and out again (``unload``), and which 
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import socket
+import tempfile
+import threading
 import urllib.parse
 import uuid
 from abc import ABC, abstractmethod
@@ -37,6 +53,91 @@ DOCKER_ENV = ("DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY", *TOOL_EN
 
 class EngineUnreachable(AcciOpsError):
     """The container engine does not answer; the message is the one line to show."""
+
+
+class NamespaceUnavailable(AcciOpsError):
+    """The container's network namespace cannot be entered from here; the message says why."""
+
+
+CLONE_NEWNET = 0x40000000
+_libc: ctypes.CDLL | None = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+class NetworkNamespace:
+    """An open handle on a container's network namespace (the fd keeps it valid even if the
+    container's process is replaced); sockets made by ``socket`` live in that namespace."""
+
+    def __init__(self, fd: int, description: str) -> None:
+        self.fd = fd
+        self.description = description
+
+    def socket(self, factory: type[socket.socket] = socket.socket) -> socket.socket:
+        """A new TCP socket inside the namespace (only the helper thread enters it)."""
+        made: dict[str, object] = {}
+
+        def enter() -> None:
+            try:
+                _setns(self.fd)
+                made["socket"] = factory(socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as exc:
+                made["error"] = exc
+
+        thread = threading.Thread(target=enter, name="acci-smoke-netns", daemon=True)
+        thread.start()
+        thread.join()
+        if "error" in made:
+            error = made["error"]
+            assert isinstance(error, OSError)
+            raise NamespaceUnavailable(f"cannot enter {self.description}: {error.strerror or error}"
+                                       + ("; the smoke test must run as root" if error.errno == 1 else ""))
+        sock = made["socket"]
+        assert isinstance(sock, socket.socket)
+        return sock
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_network_namespace(pid: int, container_id: str, name: str) -> NetworkNamespace:
+    """The network namespace of process ``pid``, once it is proven to be container ``container_id``'s
+    (its cgroup names the id: a pid reported by an engine on another machine is some other process
+    here) and not this process's own (a container on the host network would be refused)."""
+    if pid <= 0:
+        raise NamespaceUnavailable(f"container {name} has no running process")
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NamespaceUnavailable(f"container {name}'s process {pid} is not on this machine: the smoke test needs "
+                                   "the container engine to run here") from None
+    except PermissionError:
+        raise NamespaceUnavailable(f"cannot open the network namespace of container {name}: permission denied; the "
+                                   "smoke test must run as root") from None
+    try:
+        try:
+            cgroups = open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace").read()
+        except OSError:
+            cgroups = ""
+        if not container_id or container_id not in cgroups:
+            raise NamespaceUnavailable(f"process {pid} is not container {name}'s on this machine: the smoke test needs "
+                                       "the container engine to run here")
+        if os.fstat(fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
+            raise NamespaceUnavailable(f"container {name} shares this machine's network namespace; refusing to "
+                                       "smoke-test it there")
+    except BaseException:
+        os.close(fd)
+        raise
+    return NetworkNamespace(fd, f"the network namespace of container {name}")
 
 
 @dataclass(frozen=True)
@@ -82,7 +183,8 @@ class ContainerEngine(ABC):
         """Undo ``load`` (only what it added); return a problem, or "" when it worked."""
 
     def run_options(self) -> list[str]:
-        """Options this engine's ``run`` needs on this machine."""
+        """Options this engine's ``run`` needs on this machine and for isolation (e.g. no proxy
+        variables handed in)."""
         return []
 
     def remove_options(self) -> list[str]:
@@ -91,10 +193,21 @@ class ContainerEngine(ABC):
 
     def run(self, name: str, image: str, options: list[str], command: list[str], *,
             env: Mapping[str, str], log: LineSink) -> CommandResult:
-        """Start ``image`` detached on the host network; ``env`` values reach the container only
-        through ``--env NAME`` in ``options`` (argv carries the name, never the value)."""
-        return self.cli("run", "-d", "--name", name, "--network", "host", *self.run_options(), *options, image,
+        """Start ``image`` detached in a network namespace of its own with nothing but loopback
+        (``--network none``); ``env`` values reach the container only through ``--env NAME`` in
+        ``options`` (argv carries the name, never the value)."""
+        return self.cli("run", "-d", "--name", name, "--network", "none", *self.run_options(), *options, image,
                         *command, log=log, env=env, timeout=120)
+
+    def network_namespace(self, name: str) -> NetworkNamespace:
+        """The running container's network namespace (see ``open_network_namespace``)."""
+        result = self.cli("container", "inspect", "--format", "{{.State.Pid}} {{.Id}}", name, timeout=30,
+                          check=False)
+        parts = result.last_line.split()
+        if result.returncode != 0 or len(parts) != 2 or not parts[0].isdigit():
+            raise NamespaceUnavailable(f"cannot tell the process of container {name}: "
+                                       f"{result.last_line or 'no answer'}")
+        return open_network_namespace(int(parts[0]), parts[1], name)
 
     def state(self, name: str) -> tuple[str, int]:
         """``(status, exit code)`` of a container, ``("unknown", -1)`` when it cannot be told."""
@@ -121,7 +234,8 @@ class ContainerEngine(ABC):
 
 @dataclass
 class PodmanEngine(ContainerEngine):
-    """podman over acci_ops's own container storage (runc, explicit ulimits: ENVIRONMENT.md)."""
+    """podman over acci_ops's own container storage (runc, explicit ulimits: docs/images.md,
+    "Containers on a host like this one")."""
 
     tools: ContainerTools
     name: str = "podman"
@@ -131,7 +245,8 @@ class PodmanEngine(ContainerEngine):
         return self.tools.podman(*args, log=log, timeout=timeout, env=env, check=check)
 
     def run_options(self) -> list[str]:
-        return self.tools.run_args()
+        # --http-proxy=false: podman would otherwise copy the proxy variables it inherited into the container.
+        return [*self.tools.run_args(), "--http-proxy=false"]
 
     def remove_options(self) -> list[str]:
         return ["-t", "0", "--ignore"]
@@ -147,24 +262,27 @@ class PodmanEngine(ContainerEngine):
             return []
 
     def load(self, oci_dir: Path, platform: str, config_digest: str, say: LineSink) -> LoadedImage:
-        # containers/storage names an image by its config digest: if the storage already holds it
-        # (the build just made it), the pull only adds a name, and only that name is removed later.
-        names_before = self._image_names(config_digest.partition(":")[2])
-        pulled = self.cli("pull", "-q", "--platform", platform, f"oci:{Path(oci_dir).resolve()}", log=say,
-                          timeout=300)
-        image_id = pulled.last_line.strip()
+        # containers/storage names an image by its config digest: if the storage already holds it,
+        # the copy only adds our name, and only that name is removed later.
+        image_id = config_digest.partition(":")[2]
+        names_before = self._image_names(image_id)
+        name = f"localhost/acci-smoke-{uuid.uuid4().hex[:12]}:latest"
+        os_name, arch, variant = split_platform(platform)
+        self.tools.skopeo("copy", "-q", "--override-os", os_name, "--override-arch", arch,
+                          *(["--override-variant", variant] if variant else []),
+                          f"oci:{Path(oci_dir).resolve()}", f"containers-storage:{name}", log=say, timeout=300)
         if names_before is None:
-            return LoadedImage(image_id, image_id, owned=True)
-        added = [n for n in (self._image_names(image_id) or []) if n not in names_before]
-        return LoadedImage(image_id, image_id, owned=False, added_names=tuple(added))
+            return LoadedImage(image_id, image_id, owned=True, added_names=(name,))
+        return LoadedImage(image_id, image_id, owned=False, added_names=(name,))
 
     def unload(self, image: LoadedImage) -> str:
         try:
             if image.owned:
                 # Not forced: another container using the same image keeps it.
                 self.cli("rmi", image.image_id, timeout=60, check=False)
-            for image_name in image.added_names:
-                self.cli("untag", image_name, timeout=60, check=False)
+            else:
+                for image_name in image.added_names:
+                    self.cli("untag", image.image_id, image_name, timeout=60, check=False)
         except AcciOpsError as exc:
             return f"image {image.image_id[:12]} not removed: {exc}"
         return ""
@@ -220,6 +338,13 @@ class DockerEngine(ContainerEngine):
                 problem = result.last_line or f"docker version exited with code {result.returncode}"
         raise EngineUnreachable(f"docker engine at {self.endpoint} is not reachable: {' '.join(problem.split())}; "
                                 "start dockerd or set ACCI_DOCKER_HOST")
+
+    def run(self, name: str, image: str, options: list[str], command: list[str], *,
+            env: Mapping[str, str], log: LineSink) -> CommandResult:
+        # The docker CLI adds the "proxies" of its config.json to a container's environment: this one
+        # call gets an empty client configuration, so no proxy setting reaches the image under test.
+        with tempfile.TemporaryDirectory(prefix="acci-docker-config-") as empty:
+            return super().run(name, image, options, command, env={**env, "DOCKER_CONFIG": empty}, log=log)
 
     def load(self, oci_dir: Path, platform: str, config_digest: str, say: LineSink) -> LoadedImage:
         # The engine names an image by its config digest: one it already holds is run as it is.

@@ -2,6 +2,11 @@
 pure Python: the index, each platform's manifest and config, and the final file tree of an image
 (layers applied in order, whiteouts honoured), so checks can look inside an image without running
 it or trusting a tool's summary.
+
+The layers come from the source repository's Dockerfile, so they are read as hostile input: the
+work is linear in what a layer holds (a whiteout costs the entries it deletes, not a scan of the
+whole tree), and entries per layer, in the file map and over the whole image are capped, each
+refusal one line.
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ import gzip
 import hashlib
 import json
 import posixpath
+import shutil
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,6 +28,15 @@ INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docke
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v2+json")
 HEADER_BYTES = 64  # enough for an ELF header's e_ident, e_type and e_machine
+# Caps on one platform's file tree. A distroless ACCI Framework image holds a few thousand files;
+# a Debian base about 10,000. What a hostile layer could make us hold and walk stops well before
+# memory does (a file entry is about 300 bytes).
+MAX_LAYER_ENTRIES = 200_000  # tar members in one layer, whiteouts included
+MAX_IMAGE_ENTRIES = 200_000  # paths in the file map at any time (directories implied by a path too)
+MAX_IMAGE_MEMBERS = 1_000_000  # tar members over all layers of one image
+MAX_PATH_BYTES = 4096  # PATH_MAX
+MAX_CAPTURE_BYTES = 1 << 20  # whole content kept for a few small files a check asks for (/etc/passwd)
+MIN_FREE_MB = 512  # as build.MIN_FREE_MB: checked again before each platform's layers are read
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,7 @@ class FileEntry:
     linkname: str = ""
     header: bytes = b""
     layer: str = field(default="", compare=False)
+    content: bytes = field(default=b"", compare=False, repr=False)  # only for image_files(capture=...)
 
 
 def blob_path(oci_dir: Path, digest: str) -> Path:
@@ -208,43 +224,136 @@ def _entry_type(member: tarfile.TarInfo) -> str:
     return "other"
 
 
-def _remove_tree(files: dict[str, FileEntry], path: str, *, keep_self: bool = False) -> None:
-    prefix = path.rstrip("/") + "/"
-    for name in [n for n in files if n.startswith(prefix) or (n == path and not keep_self)]:
-        del files[name]
+class LayerRefused(AcciOpsError):
+    """A layer is beyond what the checks agree to read (one line: which cap, which layer)."""
 
 
-def image_files(oci_dir: Path, manifest_digest: str) -> dict[str, FileEntry]:
+def check_free_space(directory: Path, min_free_mb: int = MIN_FREE_MB) -> None:
+    """Fail fast, in one line, when the disk holding the staged image is (nearly) full: the layers
+    of a later platform may have filled it since the build checked."""
+    free_mb = shutil.disk_usage(directory).free // (1024 * 1024)
+    if free_mb < min_free_mb:
+        raise AcciOpsError(f"not enough disk space to read the image's layers under {directory}: {free_mb} MB free, "
+                           f"need at least {min_free_mb} MB (ACCI_IMAGE_STORAGE_DIR)")
+
+
+class _Tree:
+    """The file map plus each directory's children, so that deleting a subtree costs its size.
+
+    ``files``: path -> entry as in the tar; ``kids``: directory -> its children's paths (also of
+    directories that have no entry of their own, implied by a deeper path); ``known``: every path
+    registered in its parent's ``kids``."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, FileEntry] = {}
+        self.kids: dict[str, set[str]] = {}
+        self.known: set[str] = set()
+
+    def _register(self, path: str) -> None:
+        while path != "/" and path not in self.known:
+            self.known.add(path)
+            parent = posixpath.dirname(path)
+            self.kids.setdefault(parent, set()).add(path)
+            path = parent
+
+    def _drop(self, path: str) -> None:
+        """Forget ``path`` and everything below it (``path`` already unlinked from its parent)."""
+        stack = [path]
+        while stack:
+            current = stack.pop()
+            self.files.pop(current, None)
+            self.known.discard(current)
+            stack.extend(self.kids.pop(current, ()))
+
+    def remove(self, path: str) -> None:
+        if path in self.known:
+            self.kids.get(posixpath.dirname(path), set()).discard(path)
+            self._drop(path)
+
+    def empty(self, directory: str) -> None:
+        """An opaque whiteout: everything below ``directory`` goes, the directory stays."""
+        for child in self.kids.pop(directory, ()):
+            self._drop(child)
+
+    def add(self, entry: FileEntry) -> None:
+        old = self.files.get(entry.path)
+        if old is not None and old.type == "dir" and entry.type != "dir":
+            self.remove(entry.path)
+        self.files[entry.path] = entry
+        self._register(entry.path)
+
+
+def image_files(oci_dir: Path, manifest_digest: str, *, capture: Collection[str] = (),
+                max_layer_entries: int = MAX_LAYER_ENTRIES, max_entries: int = MAX_IMAGE_ENTRIES,
+                max_members: int = MAX_IMAGE_MEMBERS, min_free_mb: int = MIN_FREE_MB) -> dict[str, FileEntry]:
     """The final file tree of one platform's image: every layer applied in order, whiteouts
-    (``.wh.NAME`` deletes NAME, ``.wh..wh..opq`` empties its directory) honoured."""
+    (``.wh.NAME`` deletes NAME, ``.wh..wh..opq`` empties its directory) honoured.
+
+    A layer's whiteouts apply to the layers below it (OCI image spec), so each layer is read whole
+    first, then its whiteouts applied, then its entries. ``capture``: paths whose whole content
+    (up to 1 MiB) is kept in ``FileEntry.content``. ``LayerRefused`` (one line) beyond a cap."""
+    check_free_space(Path(oci_dir), min_free_mb)
     manifest = read_json(oci_dir, manifest_digest)
-    files: dict[str, FileEntry] = {}
+    tree = _Tree()
+    wanted = {_norm(p) for p in capture}
+    members = 0
     for layer in manifest.get("layers", []):
-        stream = _open_layer(blob_path(oci_dir, layer["digest"]))
+        digest = layer["digest"]
+        short = digest[:19]
+        stream = _open_layer(blob_path(oci_dir, digest))
+        entries: list[FileEntry] = []
+        deleted: list[str] = []
+        emptied: list[str] = []
+        count = 0
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:
+                    count += 1
+                    if count > max_layer_entries:
+                        raise LayerRefused(f"layer {short} of {manifest_digest[:19]} has more than "
+                                           f"{max_layer_entries:,} entries; refused (a hostile or broken layer)")
+                    if members + count > max_members:
+                        raise LayerRefused(f"image {manifest_digest[:19]} has more than {max_members:,} entries "
+                                           "over its layers; refused")
+                    if len(member.name) > MAX_PATH_BYTES:
+                        raise LayerRefused(f"layer {short} has a path of {len(member.name):,} bytes, longer than "
+                                           f"{MAX_PATH_BYTES}; refused")
                     path = _norm(member.name)
                     directory, base = posixpath.split(path)
                     if base == ".wh..wh..opq":
-                        _remove_tree(files, directory, keep_self=True)
+                        emptied.append(directory)
                         continue
+                    if base.startswith(".wh..wh."):
+                        continue  # aufs bookkeeping (.wh..wh.plnk), not a whiteout
                     if base.startswith(".wh."):
-                        _remove_tree(files, posixpath.join(directory, base[4:]))
+                        deleted.append(posixpath.join(directory, base[4:]))
                         continue
-                    header = b""
+                    header = content = b""
                     if member.isreg():
                         extracted = tar.extractfile(member)
-                        header = extracted.read(HEADER_BYTES) if extracted else b""
-                    if path in files and files[path].type == "dir" and not member.isdir():
-                        _remove_tree(files, path)
-                    files[path] = FileEntry(path, _entry_type(member), member.mode, member.size, member.uid,
-                                            member.gid, member.linkname, header, layer["digest"])
+                        if extracted:
+                            if path in wanted and member.size <= MAX_CAPTURE_BYTES:
+                                content = extracted.read(MAX_CAPTURE_BYTES)
+                                header = content[:HEADER_BYTES]
+                            else:
+                                header = extracted.read(HEADER_BYTES)
+                    entries.append(FileEntry(path, _entry_type(member), member.mode, member.size, member.uid,
+                                             member.gid, member.linkname, header, digest, content))
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise AcciOpsError(f"layer {layer['digest']} of {manifest_digest} cannot be read: {exc}") from None
+            raise AcciOpsError(f"layer {digest} of {manifest_digest} cannot be read: {exc}") from None
         finally:
             stream.close()
-    return files
+        members += count
+        for directory in emptied:
+            tree.empty(directory)
+        for path in deleted:
+            tree.remove(path)
+        for entry in entries:
+            tree.add(entry)
+            if len(tree.known) > max_entries:
+                raise LayerRefused(f"image {manifest_digest[:19]} has more than {max_entries:,} files; refused "
+                                   f"at layer {short}")
+    return tree.files
 
 
 def iter_files(oci_dir: Path, manifest_digest: str) -> Iterator[FileEntry]:
@@ -254,19 +363,29 @@ def iter_files(oci_dir: Path, manifest_digest: str) -> Iterator[FileEntry]:
         yield files[path]
 
 
-def read_file(oci_dir: Path, manifest_digest: str, path: str) -> bytes | None:
-    """The content of one regular file in the image's final tree (None when absent or not a file)."""
-    entry = image_files(oci_dir, manifest_digest).get(_norm(path))
-    if entry is None or entry.type != "file":
+def read_entry(oci_dir: Path, entry: FileEntry, max_bytes: int = MAX_CAPTURE_BYTES) -> bytes | None:
+    """The content (up to ``max_bytes``) of a regular file ``image_files`` returned, read again from
+    its layer; None when it is not a regular file or not found there."""
+    if entry.type != "file":
         return None
     stream = _open_layer(blob_path(oci_dir, entry.layer))
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
+            found = None
             for member in tar:
-                if _norm(member.name) == entry.path and member.isreg():
+                if member.isreg() and _norm(member.name) == entry.path:
                     extracted = tar.extractfile(member)
-                    return extracted.read() if extracted else b""
+                    found = extracted.read(max_bytes) if extracted else b""  # the last one wins, as in the tree
+            return found
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise AcciOpsError(f"layer {entry.layer} cannot be read: {exc}") from None
     finally:
         stream.close()
-    return None
 
+
+def read_file(oci_dir: Path, manifest_digest: str, path: str) -> bytes | None:
+    """The content of one regular file in the image's final tree (None when absent or not a file)."""
+    entry = image_files(oci_dir, manifest_digest).get(_norm(path))
+    if entry is None:
+        return None
+    return read_entry(oci_dir, entry, max_bytes=entry.size + 1)

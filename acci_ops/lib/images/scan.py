@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from acci_ops.lib.core.commands import CommandTimeout, run_command
+from acci_ops.lib.core.commands import CommandOutputTooLarge, CommandTimeout, human_size, run_command
 from acci_ops.lib.core.errors import ConfigError
 from acci_ops.lib.images.outcome import CheckOutcome
 
@@ -38,6 +38,9 @@ PLACEHOLDERS = ("oci_dir", "image_ref")
 SCANNER_ENV = ("TRIVY_*", "GRYPE_*", "SYFT_*", "XDG_*", "SSL_CERT_FILE", "SSL_CERT_DIR",
                "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")
 NOT_CONFIGURED = "no vulnerability scanner configured (set ACCI_IMAGE_SCAN_COMMAND)"
+# The report is read whole and parsed: a scanner (or the image it reads, through it) gets no more
+# of acci_ops's memory than this. trivy's JSON for a large Debian image is a few MiB.
+MAX_REPORT_BYTES = 64 * 2**20
 
 
 def fail_on_level(value: str | None) -> str:
@@ -92,13 +95,15 @@ def count_severities(report: Any) -> tuple[str, Counter[str]]:
 
 def vulnerability_scan(command: str | None, *, oci_dir: str | os.PathLike, image_ref: str,
                        fail_on: str | None = "CRITICAL", timeout: float = 900.0,
-                       log: Callable[[str], None] | None = None) -> CheckOutcome:
+                       log: Callable[[str], None] | None = None,
+                       max_report_bytes: int = MAX_REPORT_BYTES) -> CheckOutcome:
     """Run the configured scanner and gate on ``fail_on``.
 
     Outcomes: no scanner -> not passed, WARN (never a pass); findings at/above ``fail_on`` ->
     failed ERROR naming the counts; scanner crash, timeout or unreadable report -> failed ERROR with
-    one line; otherwise passed with the counts in metadata. Bad configuration (template, level)
-    raises ConfigError: it is the operator's to fix, not a property of the image."""
+    one line (also a report over ``max_report_bytes``, refused unread); otherwise passed with the
+    counts in metadata. Bad configuration (template, level) raises ConfigError: it is the
+    operator's to fix, not a property of the image."""
     level = fail_on_level(fail_on)
     if not command or not command.strip():
         return CheckOutcome(CHECK_NAME, False, "WARN", NOT_CONFIGURED, {"scanner": None, "fail_on": level})
@@ -111,7 +116,12 @@ def vulnerability_scan(command: str | None, *, oci_dir: str | os.PathLike, image
     try:
         # stdout is the report; stderr is streamed to the log as it comes.
         result = run_command(argv, timeout=timeout, check=False, capture_stdout=True, allow_env=SCANNER_ENV,
+                             max_stdout_bytes=max_report_bytes,
                              on_line=(lambda line: log(f"scanner: {line}")) if log else None)
+    except CommandOutputTooLarge:
+        return CheckOutcome(CHECK_NAME, False, "ERROR",
+                            f"scanner {name} wrote a report larger than {human_size(max_report_bytes)}; refused",
+                            metadata)
     except CommandTimeout:
         return CheckOutcome(CHECK_NAME, False, "ERROR", f"scanner {name} did not finish within {timeout:g} s",
                             metadata)

@@ -136,12 +136,17 @@ def _admin(scratch: DatabaseTarget, purpose: str) -> psycopg.Connection:
 
 def create_scratch_database(scratch: DatabaseTarget, name: str, *, allow_superuser: bool = False) -> None:
     """Create ``name`` (one of ours) after checking the role (see ``check_scratch_role``): every
-    restore into a scratch database (validation, drills) starts here."""
+    restore into a scratch database (validation, drills) starts here.
+
+    CONNECT is revoked from PUBLIC at once: a scratch database holds a restored production backup,
+    so only its owner (the scratch role) and superusers may open it, not every other role of a
+    shared scratch server."""
     check_scratch_name(name)
     with _admin(scratch, "create a scratch database") as conn:
         _check_role(conn, allow_superuser)
         try:
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
         except psycopg.errors.InsufficientPrivilege:
             raise BackupError(f"role {scratch.user or '(default)'} on scratch server {scratch.host}:{scratch.port} "
                               "lacks CREATEDB; grant it (ALTER ROLE ... CREATEDB)") from None

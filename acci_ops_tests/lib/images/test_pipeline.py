@@ -123,8 +123,8 @@ def test_non_release_build_gets_only_the_sha_tag(fixture_repo: FixtureRepo, regi
     settings = settings_for(fixture_repo, registry, "pipe/branch", latest_tag="latest")
     report = build_version(settings, commit[:12], tools=container_tools)
     assert not report.release and report.version is None
-    assert set(report.tags) == {f"sha-{commit[:12]}", "latest"}  # latest only because it is configured
-    assert tags_of(registry, "pipe/branch") == ["latest", f"sha-{commit[:12]}"]
+    assert set(report.tags) == {f"sha-{commit[:12]}"}  # latest is configured, but moves for releases only
+    assert tags_of(registry, "pipe/branch") == [f"sha-{commit[:12]}"]
 
 
 def test_bad_input_fails_fast_with_one_line(fixture_repo: FixtureRepo, registry: LocalRegistry,

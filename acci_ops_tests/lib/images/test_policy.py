@@ -21,6 +21,12 @@ from acci_ops_tests.fixtures.oci_images import (
     build_oci,
 )
 
+PASSWD_APP_ROOT = b"root:x:0:0:root:/root:/sbin/nologin\napp:x:00:0:app:/:/sbin/nologin\n"
+PASSWD_APP_USER = b"root:x:0:0:root:/root:/sbin/nologin\napp:x:65532:65532:app:/:/sbin/nologin\n"
+# /bin/sh -> /l1 -> ... -> /l20 -> the busybox: 21 symbolic links, more than 16, fewer than the kernel's 40.
+CHAIN_21 = {"rootfs/bin/sh": "/l1", **{f"rootfs/l{i}": f"/l{i + 1}" for i in range(1, 20)},
+            "rootfs/l20": "/usr/local/bin/httpd"}
+
 
 @pytest.fixture(scope="module")
 def images(container_tools: ContainerTools, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -32,6 +38,10 @@ def images(container_tools: ContainerTools, tmp_path_factory: pytest.TempPathFac
         "dpkg": (BASE + "COPY httpd /usr/bin/dpkg\nUSER 65532\n" + ENTRY, {}, None),
         "root": (BASE + ENTRY, {}, None),
         "secret_env": (BASE + f"ENV DB_PASSWORD={SECRET_VALUE} PORT=8080\nUSER 65532\n" + ENTRY, {}, None),
+        "user_plus_zero": (BASE + "USER +0\n" + ENTRY, {}, None),
+        "passwd_root": (BASE + "COPY passwd /etc/passwd\nUSER app\n" + ENTRY, {"passwd": PASSWD_APP_ROOT}, None),
+        "passwd_user": (BASE + "COPY passwd /etc/passwd\nUSER app\n" + ENTRY, {"passwd": PASSWD_APP_USER}, None),
+        "chain21": (BASE + "COPY rootfs/ /\nUSER 65532\n" + ENTRY, {}, CHAIN_21),
     }
     for name, (dockerfile, files, links) in specs.items():
         made[name] = build_oci(container_tools, tmp_path_factory.mktemp(f"policy-{name}"), dockerfile,
@@ -54,6 +64,9 @@ def test_good_image_passes(images: dict[str, Path], tmp_path: Path) -> None:
     ("applet_link", "linux/amd64: shell /bin/sh present"),  # a symlink to busybox is a shell too
     ("dpkg", "linux/amd64: package manager /usr/bin/dpkg present"),
     ("root", "linux/amd64: runs as root (no USER set)"),
+    ("user_plus_zero", "linux/amd64: runs as root (USER +0)"),  # runc reads "+0" as uid 0
+    ("passwd_root", "linux/amd64: runs as root (USER app: uid 0 in the image's /etc/passwd)"),
+    ("chain21", "linux/amd64: shell /bin/sh present"),  # the shell behind 21 links is found
 ])
 def test_bad_image_refused_with_one_line(images: dict[str, Path], image: str, line: str) -> None:
     outcome = image_policy(images[image])
@@ -126,9 +139,41 @@ def test_missing_dockerfile_and_bad_layout_fail_the_check(images: dict[str, Path
     ("", "runs as root (no USER set)"), ("0", "runs as root (USER 0)"), ("root", "runs as root (USER root)"),
     ("0:1000", "runs as root (USER 0:1000)"), ("root:root", "runs as root (USER root:root)"),
     ("65532:65532", None), ("1000", None), ("app", None), ("app:0", None),
+    ("00", "runs as root (USER 00)"), ("+0", "runs as root (USER +0)"), ("-0", "runs as root (USER -0)"),
+    ("000:65532", "runs as root (USER 000:65532)"), (":65532", "runs as root (USER :65532)"), ("+1000", None),
 ])
 def test_user_problem(user: str, problem: str | None) -> None:
     assert user_problem(user) == problem
+
+
+@pytest.mark.unit
+def test_user_problem_reads_the_images_passwd() -> None:
+    passwd = PASSWD_APP_ROOT.decode()
+    assert user_problem("app", passwd) == "runs as root (USER app: uid 0 in the image's /etc/passwd)"
+    assert user_problem("app:65532", passwd) == "runs as root (USER app:65532: uid 0 in the image's /etc/passwd)"
+    assert user_problem("app", PASSWD_APP_USER.decode()) is None
+    assert user_problem("nobody", passwd) is None  # not in the file: runc refuses to start it, not root
+
+
+def test_a_user_mapped_to_a_normal_uid_passes(images: dict[str, Path]) -> None:
+    outcome = image_policy(images["passwd_user"])
+    assert outcome.passed, outcome.description
+
+
+def test_the_repositorys_hadolint_settings_do_not_lower_the_lint(images: dict[str, Path], tmp_path: Path) -> None:
+    """A .hadolint.yaml beside the Dockerfile that ignores every rule, lowers DL3000 to info and
+    sets no failure threshold, plus an inline ignore pragma: DL3000 still fails the policy."""
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM debian\n# hadolint ignore=DL3000\nWORKDIR app\nUSER 65532\n" + ENTRY)
+    (tmp_path / ".hadolint.yaml").write_text(
+        "ignored: [DL3000, DL3006, DL3002, DL3003]\noverride:\n  info: [DL3000]\nfailure-threshold: none\n")
+    lines: list[str] = []
+    outcome = image_policy(images["good"], PolicyConfig(dockerfile=dockerfile), log=lines.append)
+    assert not outcome.passed
+    assert outcome.description == "Dockerfile:3 hadolint DL3000: Use absolute WORKDIR"
+    assert outcome.metadata["hadolint_repo_config_ignored"] == ".hadolint.yaml"
+    assert outcome.metadata["hadolint_config"].startswith("acci_ops's own")
+    assert "policy: the repository's .hadolint.yaml is not applied; hadolint runs with acci_ops's settings" in lines
 
 
 @pytest.mark.unit

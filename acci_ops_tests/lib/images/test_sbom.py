@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
+from acci_ops.lib.images.oci import read_index
 from acci_ops.lib.images.sbom import (
     SLSA_PROVENANCE,
     STATEMENT_TYPE,
@@ -16,6 +17,7 @@ from acci_ops.lib.images.sbom import (
     component_count,
     dockerfile_base_images,
     provenance_statement,
+    sbom_artifact,
     sbom_document,
     sbom_documents,
 )
@@ -68,6 +70,52 @@ def test_syft_failure_is_one_line(two_platforms: Path, tmp_path: Path) -> None:
     with pytest.raises(SbomError,
                        match=r"^syft failed for linux/amd64 \(exit code 1\): could not determine source: boom$"):
         sbom_document(two_platforms, syft=str(fake))
+
+
+def test_the_stored_sbom_covers_every_platform(two_platforms: Path) -> None:
+    """The artifact pushed as ``.sbom``: one SPDX document describing both platforms' images, each
+    with its own packages (element ids kept unique), counted per platform."""
+    artifact = sbom_artifact(two_platforms, name="registry.local/acci/acci-framework", version="1.0.0")
+    assert (artifact.suffix, artifact.media_type) == ("sbom", "application/spdx+json")
+    assert artifact.metadata == {"sbom_components": 2, "sbom_platforms": ["linux/amd64", "linux/arm64"],
+                                 "sbom_components linux/amd64": 1, "sbom_components linux/arm64": 1}
+    assert artifact.annotations == {"io.acci-ops.sbom.platforms": "linux/amd64,linux/arm64"}
+    spdx = json.loads(artifact.payload)
+    ids = [p["SPDXID"] for p in spdx["packages"]]
+    assert len(ids) == len(set(ids)) == 4
+    described = [r["relatedSpdxElement"] for r in spdx["relationships"] if r["relationshipType"] == "DESCRIBES"]
+    images = {p["SPDXID"]: p for p in spdx["packages"] if p["SPDXID"] in described}
+    assert sorted(p["comment"] for p in images.values()) == sorted(
+        f"the {m.platform} image, manifest {m.digest}" for m in read_index(two_platforms).manifests)
+    busybox = [p["SPDXID"] for p in spdx["packages"] if p["name"] == "busybox"]
+    assert sorted(i.rsplit("-", 2)[-2:][1] for i in busybox) == ["amd64", "arm64"]
+    assert component_count(spdx) == 2
+    everything = {r["spdxElementId"] for r in spdx["relationships"]} | {r["relatedSpdxElement"]
+                                                                          for r in spdx["relationships"]}
+    assert everything <= set(ids) | {p["SPDXID"] for p in spdx["files"]} | {"SPDXRef-DOCUMENT"}
+
+
+def test_the_cyclonedx_sbom_covers_every_platform(two_platforms: Path) -> None:
+    artifact = sbom_artifact(two_platforms, sbom_format="cyclonedx-json")
+    bom = json.loads(artifact.payload)
+    index = read_index(two_platforms)
+    assert bom["metadata"]["component"]["version"] == index.index_digest
+    platforms = {c["properties"][0]["value"]: c for c in bom["components"]}
+    assert sorted(platforms) == ["linux/amd64", "linux/arm64"]
+    assert {p: c["version"] for p, c in platforms.items()} == {m.platform: m.digest for m in index.manifests}
+    assert all(any(n["name"] == "busybox" for n in c["components"]) for c in platforms.values())
+    assert component_count(bom) == artifact.metadata["sbom_components"] == 2
+
+
+def test_oversized_syft_output_and_a_full_disk_are_refused_in_one_line(two_platforms: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "syft"
+    fake.write_text("#!/bin/sh\nhead -c 3000000 /dev/zero\n")
+    fake.chmod(0o755)
+    with pytest.raises(SbomError, match=r"^syft's spdx-json document for linux/amd64 is larger than 1 MiB; refused$"):
+        sbom_document(two_platforms, syft=str(fake), max_bytes=2**20)
+    with pytest.raises(AcciOpsError, match=r"^not enough disk space to read the image's layers under /\S+: "
+                                           r"\d+ MB free, need at least 1000000000 MB \(ACCI_IMAGE_STORAGE_DIR\)$"):
+        sbom_document(two_platforms, min_free_mb=10**9)
 
 
 @pytest.mark.unit

@@ -139,3 +139,13 @@ def test_count_severities_shapes() -> None:
     assert count_severities({"matches": [{"vulnerability": {"severity": "weird"}}]}) == ("grype", {"UNKNOWN": 1})
     with pytest.raises(ValueError):
         count_severities([])
+
+
+def test_a_report_over_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    """A scanner (or an image that makes it talk) printing without end: stopped at the cap, one line."""
+    endless = tmp_path / "endless"
+    endless.write_text(f"#!{sys.executable}\nimport sys\nwhile True:\n    sys.stdout.write('[' * 65536)\n")
+    endless.chmod(0o755)
+    outcome = vulnerability_scan(str(endless), oci_dir="/o", image_ref="r", max_report_bytes=2**20, timeout=60)
+    assert (outcome.passed, outcome.severity) == (False, "ERROR")
+    assert outcome.description == "scanner endless wrote a report larger than 1 MiB; refused"

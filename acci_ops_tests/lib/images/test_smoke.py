@@ -1,25 +1,24 @@
-"""smoke_test with real podman (runc, host network) over tiny images shaped like the fixture app."""
+"""smoke_test with real podman (runc, ``--network none``, probed inside the container's network
+namespace) over tiny images shaped like the fixture app, which listens on 8080 and reads no PORT."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import acci_ops.lib.images.smoke as smoke_module
-from acci_ops.lib.core.net import free_port
-from acci_ops.lib.images.smoke import SmokeConfig, missing_metrics, smoke_test
+from acci_ops.lib.images.smoke import SmokeConfig, missing_metrics, smoke_test, tcp_opener
 from acci_ops.lib.images.tools import ContainerTools
-from acci_ops_tests.fixtures.oci_images import BASE, CLEAN_DOCKERFILE, HEALTHY_WWW, build_oci
+from acci_ops_tests.fixtures.oci_images import BASE, CLEAN_DOCKERFILE, ENTRY, HEALTHY_WWW, build_oci
 
 DB_PASSWORD = "Smoke-db-PW-77x-SECRET"
 DB_URL = f"postgresql://acci:{DB_PASSWORD}@127.0.0.1:5/acci"
-# The fixture app's way of choosing the port on the host network: replace CMD's "-p 8080".
-ON_PORT = ("-p", "127.0.0.1:{port}")
 
 
 # Runs containers: integration, like every test using the session's container tools.
@@ -45,6 +44,11 @@ def images(podman_tools: ContainerTools, tmp_path_factory: pytest.TempPathFactor
         "env": build_oci(podman_tools, tmp_path_factory.mktemp("smoke-env"),
                          BASE + "COPY httpd /usr/local/bin/busybox\nUSER 65532\n"
                          'ENTRYPOINT ["/usr/local/bin/busybox"]\n', HEALTHY_WWW),
+        # Declares another port than 8080 and listens there (its CMD), as an image may.
+        "on_9090": build_oci(podman_tools, tmp_path_factory.mktemp("smoke-9090"),
+                             BASE + "USER 65532:65532\nEXPOSE 9090\n" + ENTRY.replace('"8080"', '"9090"'), HEALTHY_WWW),
+        "two_ports": build_oci(podman_tools, tmp_path_factory.mktemp("smoke-2ports"),
+                               BASE + "USER 65532:65532\nEXPOSE 9090 9443/tcp 53/udp\n" + ENTRY, HEALTHY_WWW),
     }
 
 
@@ -64,26 +68,46 @@ def leftovers(podman_tools: ContainerTools, images: dict[str, Path]):  # noqa: A
         f"lost image {i}" for i in before if i not in image_names(tools)]
 
 
-def test_good_image_passes(podman_tools: ContainerTools, images: dict[str, Path], leftovers) -> None:  # noqa: ANN001
+def test_good_image_listening_on_8080_and_ignoring_port_passes(podman_tools: ContainerTools, images: dict[str, Path],
+                                                               leftovers) -> None:  # noqa: ANN001
+    """An image run as built (its own CMD: busybox httpd on 8080, no PORT read) passes: the probe
+    goes to its port inside its own network namespace, and it gets no PORT variable."""
     lines: list[str] = []
-    outcome = smoke_test(podman_tools, images["good"], SmokeConfig(command=ON_PORT), log=lines.append)
+    outcome = smoke_test(podman_tools, images["good"], SmokeConfig(), log=lines.append)
     assert outcome.passed, outcome.description
     assert outcome.description.startswith("linux/amd64 image answered /health in ")
     assert outcome.description.endswith(" s and /metrics has acci_up")
+    assert (outcome.metadata["port"], outcome.metadata["env"]) == (8080, [])
     assert outcome.metadata["cleanup"] == "container removed"
     assert leftovers(podman_tools) == []
 
 
+def test_the_exposed_port_is_probed_and_a_setting_overrides_it(podman_tools: ContainerTools,
+                                                              images: dict[str, Path]) -> None:
+    """EXPOSE 9090 (and a server there): probed on 9090; ACCI_IMAGE_SMOKE_PORT's value wins over
+    EXPOSE; several exposed ports without 8080 among them are refused with one line."""
+    outcome = smoke_test(podman_tools, images["on_9090"], SmokeConfig())
+    assert (outcome.passed, outcome.metadata["port"]) == (True, 9090), outcome.description
+    outcome = smoke_test(podman_tools, images["on_9090"], SmokeConfig(port=8080, timeout_seconds=1))
+    assert outcome.description == "/health did not answer after 1 s: [Errno 111] Connection refused"
+    outcome = smoke_test(podman_tools, images["two_ports"], SmokeConfig())
+    assert outcome.description == ("the image exposes 9090/tcp, 9443/tcp: set ACCI_IMAGE_SMOKE_PORT to the one "
+                                   "serving /health")
+    assert outcome.metadata["cleanup"] == "nothing was started"
+    outcome = smoke_test(podman_tools, images["two_ports"], SmokeConfig(port=8080))
+    assert outcome.passed, outcome.description
+
+
 def test_health_failing_image_blocked_and_removed(podman_tools: ContainerTools, images: dict[str, Path],
                                                   leftovers) -> None:  # noqa: ANN001
-    outcome = smoke_test(podman_tools, images["no_health"], SmokeConfig(command=ON_PORT, timeout_seconds=2))
+    outcome = smoke_test(podman_tools, images["no_health"], SmokeConfig(timeout_seconds=2))
     assert (outcome.passed, outcome.severity) == (False, "ERROR")
     assert outcome.description == "/health answered 404 after 2 s"
     assert leftovers(podman_tools) == []
 
 
 def test_missing_metric_named(podman_tools: ContainerTools, images: dict[str, Path]) -> None:
-    cfg = SmokeConfig(command=ON_PORT, required_metrics=("acci_up", "acci_db_up"))
+    cfg = SmokeConfig(required_metrics=("acci_up", "acci_db_up"))
     outcome = smoke_test(podman_tools, images["good"], cfg)
     assert outcome.description == "/metrics lacks acci_db_up"
 
@@ -98,9 +122,9 @@ def test_exited_container_named_with_its_last_line(podman_tools: ContainerTools,
 
 def test_timeout_removes_the_container(podman_tools: ContainerTools, images: dict[str, Path],
                                        leftovers) -> None:  # noqa: ANN001
-    elsewhere = free_port()  # the app listens there, the check probes its own port: nothing answers
-    outcome = smoke_test(podman_tools, images["good"],
-                         SmokeConfig(command=("-p", f"127.0.0.1:{elsewhere}"), timeout_seconds=1.5))
+    # The app listens on another port than the one probed: nothing answers.
+    outcome = smoke_test(podman_tools, images["good"], SmokeConfig(command=("-p", "127.0.0.1:9999"),
+                                                                   timeout_seconds=1.5))
     assert outcome.description == "/health did not answer after 1.5 s: [Errno 111] Connection refused"
     assert leftovers(podman_tools) == []
 
@@ -114,7 +138,7 @@ def test_exception_still_removes_the_container(podman_tools: ContainerTools, ima
 
     monkeypatch.setattr(smoke_module, "_wait_healthy", boom)
     with pytest.raises(KeyboardInterrupt):
-        smoke_test(podman_tools, images["good"], SmokeConfig(command=ON_PORT))
+        smoke_test(podman_tools, images["good"], SmokeConfig())
     assert leftovers(podman_tools) == []
 
 
@@ -137,7 +161,7 @@ def test_database_url_reaches_the_app_but_never_argv_logs_or_outcome(
     assert outcome.description.startswith("container exited with code 0: ")
     assert "container output: DATABASE_URL=postgresql://acci:***@127.0.0.1:5/acci" in lines
     assert "container output: REDIS_URL=redis://127.0.0.1:6/0" in lines
-    assert outcome.metadata["env"] == ["DATABASE_URL", "PORT", "REDIS_URL"]
+    assert outcome.metadata["env"] == ["DATABASE_URL", "REDIS_URL"]
     run = next(a for a in argvs if "run" in a)
     assert "DATABASE_URL" in run and "REDIS_URL" in run
     for text in [json.dumps(argvs), json.dumps(outcome.metadata), outcome.description, *lines]:
@@ -161,11 +185,12 @@ def test_missing_metrics_parses_prometheus_text() -> None:
 
 
 def test_fixture_app_versions(podman_tools: ContainerTools, fixture_builds, leftovers) -> None:  # noqa: ANN001
-    """The ACCI-shaped fixture app as built by build.py: a good version passes, v1.2.0 is blocked."""
-    cfg = SmokeConfig(command=ON_PORT, required_metrics=("acci_up", "acci_build_info"))
+    """The ACCI-shaped fixture app as built by build.py, run with its own command (8080, no PORT): a
+    good version passes, v1.2.0 is blocked."""
+    cfg = SmokeConfig(required_metrics=("acci_up", "acci_build_info"))
     good = smoke_test(podman_tools, fixture_builds("v1.0.0").oci_dir, cfg)
     assert good.passed, good.description
-    bad = smoke_test(podman_tools, fixture_builds("v1.2.0").oci_dir, SmokeConfig(command=ON_PORT, timeout_seconds=2))
+    bad = smoke_test(podman_tools, fixture_builds("v1.2.0").oci_dir, SmokeConfig(timeout_seconds=2))
     assert (bad.passed, bad.description) == (False, "/health answered 404 after 2 s")
     assert leftovers(podman_tools) == []
 
@@ -191,7 +216,8 @@ def test_an_endless_answer_from_the_image_is_cut_off():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        status, body, error = smoke_module._http_get(f"http://127.0.0.1:{server.server_port}/metrics", 5.0)
+        deadline = time.monotonic() + 20
+        status, body, error = smoke_module.http_get(tcp_opener("127.0.0.1", server.server_port), "/metrics", deadline)
         assert (status, body, error) == (200, b"", "answered more than 8 MiB")
     finally:
         server.shutdown()

@@ -1,7 +1,8 @@
 """smoke_test with ACCI_CONTAINER_ENGINE=docker against a real, private dockerd (Debian's docker.io).
 
 The image gets into the engine from the staged OCI layout with skopeo (docker-daemon transport, no
-registry), runs with ``--network host``, and the container and the loaded image are gone afterwards.
+registry), runs with ``--network none`` and the other confinement options (probed inside its own
+network namespace: no bridge is needed), and the container and the loaded image are gone afterwards.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from acci_ops.lib.images.tools import ContainerTools
 from acci_ops.settings import load_settings
 from acci_ops_tests.fixtures.oci_images import BASE, HEALTHY_WWW, build_oci
 
-ON_PORT = ("-p", "127.0.0.1:{port}")  # the fixture app's port on the host network (replaces CMD)
 DB_PASSWORD = "Dock3r-db-PW-51q-SECRET"
 DB_URL = f"postgresql://acci:{DB_PASSWORD}@127.0.0.1:5/acci"
 
@@ -64,7 +64,7 @@ def unchanged(docker: DockerEngine) -> Callable[[], list[str]]:
 def test_fixture_app_good_version_passes_with_docker(docker: DockerEngine, fixture_builds,  # noqa: ANN001
                                                      unchanged: Callable[[], list[str]]) -> None:
     lines: list[str] = []
-    cfg = SmokeConfig(command=ON_PORT, required_metrics=("acci_up", "acci_build_info"))
+    cfg = SmokeConfig(required_metrics=("acci_up", "acci_build_info"))  # its own CMD: 8080, no PORT read
     outcome = smoke_test(docker, fixture_builds("v1.0.0").oci_dir, cfg, log=lines.append)
     assert outcome.passed, outcome.description
     assert outcome.description.startswith("linux/amd64 image answered /health in ")
@@ -76,7 +76,7 @@ def test_fixture_app_good_version_passes_with_docker(docker: DockerEngine, fixtu
 
 def test_health_failing_version_blocked_and_removed(docker: DockerEngine, fixture_builds,  # noqa: ANN001
                                                     unchanged: Callable[[], list[str]]) -> None:
-    outcome = smoke_test(docker, fixture_builds("v1.2.0").oci_dir, SmokeConfig(command=ON_PORT, timeout_seconds=2))
+    outcome = smoke_test(docker, fixture_builds("v1.2.0").oci_dir, SmokeConfig(timeout_seconds=2))
     assert (outcome.passed, outcome.severity, outcome.description) == (False, "ERROR", "/health answered 404 after 2 s")
     assert outcome.metadata["cleanup"] == "container removed"
     assert unchanged() == []
@@ -84,8 +84,9 @@ def test_health_failing_version_blocked_and_removed(docker: DockerEngine, fixtur
 
 def test_exited_container_named_with_its_last_line(docker: DockerEngine, fixture_builds,  # noqa: ANN001
                                                    unchanged: Callable[[], list[str]]) -> None:
-    outcome = smoke_test(docker, fixture_builds("v1.0.0").oci_dir, SmokeConfig(command=("-p", "127.0.0.1:1")))
-    assert outcome.description == "container exited with code 1: httpd: bind: Permission denied"
+    # (Not port 1: docker lets any user of a container's own network namespace bind low ports.)
+    outcome = smoke_test(docker, fixture_builds("v1.0.0").oci_dir, SmokeConfig(command=("-p", "127.0.0.1:99999")))
+    assert outcome.description == "container exited with code 1: httpd: bad port '99999'"
     assert unchanged() == []
 
 
@@ -96,7 +97,7 @@ def test_image_the_engine_already_held_is_run_and_kept(docker: DockerEngine, fix
                         docker.endpoint, f"oci:{oci_dir}", "docker-daemon:operator/kept:1")
     try:
         lines: list[str] = []
-        outcome = smoke_test(docker, oci_dir, SmokeConfig(command=ON_PORT), log=lines.append)
+        outcome = smoke_test(docker, oci_dir, SmokeConfig(), log=lines.append)
         assert outcome.passed, outcome.description
         assert any("docker engine already holds sha256:" in line for line in lines)
         assert [s.split()[-1] for s in unchanged()] == ["operator/kept:1"]  # the operator's image, untouched
@@ -127,10 +128,56 @@ def test_database_url_reaches_the_app_only_through_the_docker_environment(
     assert "container output: DATABASE_URL=postgresql://acci:***@127.0.0.1:5/acci" in lines
     assert "container output: REDIS_URL=redis://127.0.0.1:6/0" in lines
     run = next(a for a in argvs if "run" in a)
-    assert run[run.index("run") + 1:][:5] == ["-d", "--name", outcome.metadata["container"], "--network", "host"]
+    assert run[run.index("run") + 1:][:5] == ["-d", "--name", outcome.metadata["container"], "--network", "none"]
+    for option in (["--cap-drop", "ALL"], ["--security-opt", "no-new-privileges"], ["--read-only"],
+                   ["--pids-limit", "256"], ["--memory", "512m"], ["--label", "io.acci-ops.smoke=1"]):
+        assert option[0] in run and run[run.index(option[0]):run.index(option[0]) + len(option)] == option
     assert ["--env", "DATABASE_URL"] == run[run.index("DATABASE_URL") - 1:run.index("DATABASE_URL") + 1]
     for text in [json.dumps(argvs), json.dumps(outcome.metadata), outcome.description, *lines]:
         assert DB_PASSWORD not in text
+    assert unchanged() == []
+
+
+# The image under test, hostile (a static busybox of the host's platform in a FROM-scratch root, as
+# root): it must neither reach $TARGET nor find itself unconfined, else it exits naming the breach.
+CONFINEMENT = """\
+if busybox nc -w 2 "${TARGET%:*}" "${TARGET##*:}" </dev/null >/dev/null 2>&1; then echo "reached $TARGET"; exit 3; fi
+busybox grep -q '^CapEff:[[:space:]]*0000000000000000$' /proc/self/status || { echo "has capabilities"; exit 4; }
+busybox grep -q '^NoNewPrivs:[[:space:]]*1$' /proc/self/status || { echo "may gain privileges"; exit 5; }
+if busybox touch /probe 2>/dev/null; then echo "the root file system is writable"; exit 6; fi
+busybox touch /tmp/probe || { echo "/tmp is not writable"; exit 7; }
+if busybox env | busybox grep -qi 'proxy='; then echo "proxy variables reached the container"; exit 8; fi
+exec busybox httpd -f -p 8080 -h /srv/www
+"""
+
+
+def test_docker_container_reaches_nothing_and_is_confined(docker: DockerEngine, container_tools: ContainerTools,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          unchanged: Callable[[], list[str]]) -> None:
+    """Under docker too: a server on this machine's 127.0.0.1 records no connection, and the
+    container has no capabilities, no-new-privileges, a read-only root with a writable /tmp and no
+    proxy variable, although the docker client configuration names a proxy ("proxies" in
+    config.json, which the docker CLI adds to a container's environment)."""
+    image = build_oci(container_tools, tmp_path / "confined",
+                      "FROM scratch\nCOPY httpd /bin/busybox\nCOPY entry.sh /entry.sh\nCOPY www/ /srv/www/\n"
+                      'ENTRYPOINT ["/bin/busybox", "sh", "/entry.sh"]\n',
+                      {**HEALTHY_WWW, "entry.sh": CONFINEMENT.encode()})
+    client = tmp_path / "docker-config"
+    client.mkdir()
+    (client / "config.json").write_text(json.dumps({"proxies": {"default": {"httpProxy": "http://127.0.0.1:3128"}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(client))
+    peers: list[object] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.settimeout(0.1)
+        outcome = smoke_test(docker, image, SmokeConfig(extra_env={"TARGET": f"127.0.0.1:{server.getsockname()[1]}"}))
+        try:
+            peers.append(server.accept()[1])
+        except TimeoutError:
+            pass
+    assert outcome.passed, outcome.description
+    assert peers == []
     assert unchanged() == []
 
 
@@ -139,7 +186,7 @@ def test_unreachable_engine_is_one_line(container_tools: ContainerTools, fixture
     short = Path(tempfile.mkdtemp(prefix="acci-nodk-", dir="/tmp"))
     try:
         missing = f"unix://{short}/docker.sock"
-        outcome = smoke_test(DockerEngine(container_tools, missing), oci_dir, SmokeConfig(command=ON_PORT))
+        outcome = smoke_test(DockerEngine(container_tools, missing), oci_dir, SmokeConfig())
         assert (outcome.passed, outcome.description) == (
             False, f"docker engine at {missing} is not reachable: No such file or directory; "
                    "start dockerd or set ACCI_DOCKER_HOST")
