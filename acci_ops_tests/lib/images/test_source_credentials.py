@@ -64,6 +64,10 @@ class ProcessSampler:
                     self.leaks.append(argv.replace(b"\0", b" "))
                 if b"git" in argv and self.port in argv:
                     self.saw_git += 1
+            # A short pause per pass: a loop that never releases the GIL starves the git server's
+            # threads in this process (seen once as "Empty reply from server" on a loaded machine);
+            # git's processes live far longer than a pass.
+            self._stop.wait(0.002)
 
     def __enter__(self) -> ProcessSampler:
         self._thread.start()
