@@ -1,8 +1,8 @@
 """`./run dev` pushes its first image build and stops everything it started on SIGTERM and on SIGINT
 (Ctrl-C), and can start again.
 
-Issue 9, defect 1: TERM used to stop PostgreSQL and Redis but leave `dagster dev` and its children
-running, holding the UI port, so the next `./run dev` could not bind. This test starts the real
+TERM stops `dagster dev` and its children too, not only PostgreSQL and Redis: one left running
+would hold the UI port, so the next `./run dev` could not bind. This test starts the real
 script with its own free ports and its own dev state directory (ACCI_DEV_DIR), so a developer's
 `.acci_dev` and port 3000 are never touched.
 """
@@ -180,7 +180,8 @@ def test_run_dev_pushes_its_first_build_stops_everything_on_term_and_int_and_sta
             if sig == signal.SIGTERM:
                 _wait_pushed(registry, "1.5.0", proc, log)
             started = log.read_text()
-            # Start-up noise of issue 9 defect 8: neither warning applies to how ./run dev runs dagster dev.
+            # No start-up noise: neither Dagster warning ("dagster.yaml ... will not be used", "dev_command is
+            # superseded") applies to how ./run dev runs dagster dev.
             assert "will not be used" not in started, started[-2000:]
             assert "is superseded" not in started, started[-2000:]
             _stop_and_check(proc, sig, ports, markers, log)

@@ -1,4 +1,7 @@
-"""What every domain's definitions share: asset keys, engine-call error translation, resources.
+"""What every domain's definitions use alike: asset keys and partitions, engine-call error
+translation, resource keys and lookup, and resources generated from the settings model. Nothing here
+knows a domain (``acci_ops_tests/defs/test_domain_imports.py``); what one domain relies on in another
+is in ``_contracts.py``, and a helper one domain uses lives in that domain.
 
 Asset keys follow ONE rule (``asset_key``): prefixed by the environment (``production/db_backup``)
 whenever an environments file is used, however many environments it declares or serves; never
@@ -23,7 +26,6 @@ from typing import Any, TypeVar
 import dagster as dg
 from pydantic import Field, create_model
 
-from acci_ops.lib.backup.signing import NO_KEY_WARNING, Keyring
 from acci_ops.lib.core.errors import AcciOpsError, TransientError
 from acci_ops.settings import EnvironmentSpec, Settings, base_type
 
@@ -70,30 +72,6 @@ def run_step(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, 
         raise dg.Failure(description=str(exc)) from None
     except AcciOpsError as exc:
         raise dg.Failure(description=str(exc)) from None
-
-
-def environment_spec(settings: Settings, name: str, *, needs_dr: bool = False) -> EnvironmentSpec:
-    """The named environment (from run config), or a failure naming the declared ones."""
-    with engine_errors():
-        spec = settings.environment(name)
-    if needs_dr and not spec.dr:
-        raise dg.Failure(description=f"environment {name!r} has no DR platform configured (ACCI_PLATFORM)")
-    return spec
-
-
-_WARNED_RUNS: set[str] = set()
-
-
-def keyring_or_warn(context: dg.OpExecutionContext, backup: Any) -> Keyring | None:  # noqa: ANN401
-    """The environment's signing keys; without any, warn once per run (per process) that nothing
-    can be authenticated, and let the callers take the secure default."""
-    with engine_errors():
-        keyring = backup.keyring()
-    run_id = context.run.run_id
-    if keyring is None and run_id not in _WARNED_RUNS:
-        _WARNED_RUNS.add(run_id)
-        context.log.warning(NO_KEY_WARNING)
-    return keyring
 
 
 # --- resources: keys and lookup --------------------------------------------------------------------

@@ -2,18 +2,36 @@
 
 ``./run dev`` exports the result as ACCI_BACKUP_START_DATE, so a fresh dev install shows one
 partition to materialize (yesterday) rather than every day since 2026-01-01 as missing, and the
-date stays the same across restarts (see acci_ops.settings.record_start_date).
+date stays the same across restarts. A dev helper, not a setting: a deployment sets the variable
+once, by hand (acci_ops.settings.start_date_from says why it is never "today").
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from acci_ops.lib.core.errors import ConfigError
-from acci_ops.settings import record_start_date
+from acci_ops.settings import parse_start_date
+
+
+def record_start_date(path: Path, today: date) -> date:
+    """The date recorded in ``path``; the first call records the day before ``today`` (a daily
+    partition exists once its day has ended, so the first partition is ready to materialize at
+    once, instead of a year of "missing" ones). Later calls return the recorded date unchanged, so
+    restarts and every process agree. Written atomically: a crash leaves the file whole or absent."""
+    try:
+        return parse_start_date(path.read_text().strip(), f"{path} holds")
+    except FileNotFoundError:
+        pass
+    start = today - timedelta(days=1)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(start.isoformat() + "\n")
+    os.replace(partial, path)
+    return start
 
 
 def main(argv: list[str] | None = None) -> int:

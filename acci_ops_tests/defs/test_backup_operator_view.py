@@ -1,4 +1,4 @@
-"""What an operator sees of the backup assets (issue 9, defect 8): the storage badge follows the
+"""What an operator sees of the backup assets: the storage badge follows the
 configured backup URL, asset-page backups get the same runtime limit as the nightly job, and
 building the definitions emits no preview warning."""
 

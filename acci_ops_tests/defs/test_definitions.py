@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from acci_ops.definitions import build_definitions
 from acci_ops.settings import load_settings
@@ -28,14 +29,24 @@ def test_module_entry_point_loads():
     dg.Definitions.validate_loadable(definitions.defs)
 
 
+# Every capability on: offsite copies, validation, DR (drills and recovery), image builds, alerts.
+EVERY_CAPABILITY = {
+    "ACCI_OFFSITE_URL": "s3://offsite/acci",
+    "ACCI_SCRATCH_DATABASE_URL": "postgresql://scratch@127.0.0.1:5432/postgres",
+    "ACCI_PLATFORM": "local",
+    "ACCI_LOCAL_APP_COMMAND": "acci-framework --port {port}",
+    "ACCI_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "ACCI_DRILL_REDIS_URL": "redis://127.0.0.1:6379/1",
+    "ACCI_SOURCE_REPO": "https://git.example.test/acci/framework.git",
+    "ACCI_IMAGE_REPOSITORY": "registry.example.test/acci/framework",
+    "ACCI_ALERT_WEBHOOK_URL": "https://hooks.example.test/services/T/B/hook",
+}
+
+
 def everything_configured(monkeypatch) -> dg.Definitions:
-    """Every capability on (offsite, validation, DR), so every job, sensor and check exists."""
-    monkeypatch.setenv("ACCI_OFFSITE_URL", "s3://offsite/acci")
-    monkeypatch.setenv("ACCI_SCRATCH_DATABASE_URL", "postgresql://scratch@127.0.0.1:5432/postgres")
-    monkeypatch.setenv("ACCI_PLATFORM", "local")
-    monkeypatch.setenv("ACCI_LOCAL_APP_COMMAND", "acci-framework --port {port}")
-    monkeypatch.setenv("ACCI_REDIS_URL", "redis://127.0.0.1:6379/0")
-    monkeypatch.setenv("ACCI_DRILL_REDIS_URL", "redis://127.0.0.1:6379/1")
+    """Every capability on, so every asset, check, job, schedule and sensor exists."""
+    for name, value in EVERY_CAPABILITY.items():
+        monkeypatch.setenv(name, value)
     return defs_from_env()
 
 
@@ -44,13 +55,14 @@ def test_names_and_descriptions(monkeypatch):
     repo = defs.get_repository_def()
     jobs = {j.name: j for j in repo.get_all_jobs() if not j.name.startswith("__")}
     assert set(jobs) == {"nightly_backup", "backup_retention", "validate_backup", "scratch_cleanup",
-                         "dr_drill", "disaster_recovery"}
+                         "dr_drill", "disaster_recovery", "build_image", "image_cleanup"}
     assert {s.name for s in repo.schedule_defs} == {
         "nightly_backup_schedule", "backup_retention_schedule", "scratch_cleanup_schedule",
-        "dr_drill_schedule"}
-    assert {s.name for s in repo.sensor_defs} == {"run_failure_alert_sensor", "backup_validation_sensor"}
+        "dr_drill_schedule", "image_cleanup_schedule"}
+    assert {s.name for s in repo.sensor_defs} == {"run_failure_alert_sensor", "backup_validation_sensor",
+                                                  "source_tag_sensor"}
     assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == {
-        "db_backup", "db_backup_offsite", "db_backup_validated", "dr_drill"}
+        "db_backup", "db_backup_offsite", "db_backup_validated", "dr_drill", "acci_image"}
     for job in jobs.values():
         assert job.description, job.name
     for schedule in repo.schedule_defs:
@@ -59,8 +71,10 @@ def test_names_and_descriptions(monkeypatch):
         assert sensor.description, sensor.name
     for key in defs.resolve_all_asset_keys():
         assert defs.resolve_assets_def(key).descriptions_by_key[key], key
-    checks = list(defs.resolve_asset_graph().asset_check_keys)
-    assert [c.name for c in checks] == ["restores_cleanly"]
+    checks = sorted(defs.resolve_asset_graph().asset_check_keys, key=lambda c: c.to_user_string())
+    assert [c.to_user_string() for c in checks] == [
+        "acci_image:elf_architecture", "acci_image:image_policy", "acci_image:smoke_test",
+        "acci_image:vulnerability_scan", "db_backup:restores_cleanly"]
     for check in checks:
         assert defs.resolve_asset_graph().get_check_spec(check).description, check
 
@@ -228,6 +242,34 @@ def test_disaster_recovery_launchpad_config_keeps_its_shape(monkeypatch):
     assert dg.validate_run_config(job, {"ops": {"recover_environment": {"config": minimal}}})
 
 
+def test_disaster_recovery_binds_the_resources_it_is_handed_as_fixed_copies():
+    """DR knows no other domain: a new domain's resource, handed over as definitions.py hands the
+    others', is bound fixed in disaster_recovery (its Launchpad refuses an edit) with no change to
+    DR; a resource DR cannot fix is refused at load in one line naming its key."""
+    from acci_ops import definitions
+    from acci_ops.defs.dr import definitions as dr
+    from acci_ops.lib.core.errors import ConfigError
+
+    class ReleaseChannel(dg.ConfigurableResource):
+        url: str = "https://releases.example.test"
+
+    settings = load_settings(EVERY_CAPABILITY)
+    others = {key: resource for name, part in definitions.build_domains(settings).items() if name != "dr"
+              for key, resource in part.resources.items()}
+    [job] = [j for j in dr.build_defs(settings, {**others, "acci_releases": ReleaseChannel()}).jobs
+             if j.name == "disaster_recovery"]
+    assert set(job.resource_defs) >= {*others, "acci_dr_production", "acci_releases"}
+    answers = {"environment": "production", "confirm": "production", "operator": "alice"}
+    with pytest.raises(dg.DagsterInvalidConfigError, match='unexpected config entry "url" at path '
+                       "root:resources:acci_releases:config"):
+        dg.validate_run_config(job, {"ops": {"recover_environment": {"config": answers}},
+                                     "resources": {"acci_releases": {"config": {"url": "http://elsewhere"}}}})
+    with pytest.raises(ConfigError) as refused:
+        dr.build_defs(settings, {**others, "acci_plain": dg.ResourceDefinition.hardcoded_resource("x")})
+    assert str(refused.value) == ("resource 'acci_plain' is a ResourceDefinition, not a ConfigurableResource: the "
+                                  "disaster_recovery job cannot bind it as the code location configured it")
+
+
 def test_each_domain_builds_its_own_definitions(monkeypatch):
     """definitions.py only merges; every job, sensor and asset comes from one domain's build_defs."""
     from acci_ops import definitions
@@ -236,22 +278,22 @@ def test_each_domain_builds_its_own_definitions(monkeypatch):
     everything_configured(monkeypatch)
     settings = load()
     owners = {}
-    for domain in definitions.DOMAINS:
-        part = domain.build_defs(settings)
+    for name, part in definitions.build_domains(settings).items():
         for job in part.jobs or []:
-            owners[job.name] = domain.__name__.split(".")[-2]
+            owners[job.name] = name
         for sensor in part.sensors or []:
-            owners[sensor.name] = domain.__name__.split(".")[-2]
+            owners[sensor.name] = name
     assert owners == {
         "nightly_backup": "backups", "backup_retention": "backups", "validate_backup": "validation",
         "scratch_cleanup": "validation", "backup_validation_sensor": "validation", "dr_drill": "dr",
-        "disaster_recovery": "dr", "run_failure_alert_sensor": "alerts"}
+        "disaster_recovery": "dr", "run_failure_alert_sensor": "alerts", "build_image": "images",
+        "image_cleanup": "images", "source_tag_sensor": "images"}
 
 
 def test_only_settings_reads_the_environment():
     """Configuration is read in one place (children's environments are built from it in one other)."""
     package = ROOT / "acci_ops"
-    allowed = {package / "settings.py", package / "lib" / "core" / "commands.py"}
+    allowed = {*(package / "settings").rglob("*.py"), package / "lib" / "core" / "commands.py"}
     readers = [str(p.relative_to(ROOT)) for p in sorted(package.rglob("*.py"))
                if p not in allowed and "dev" not in p.relative_to(package).parts[:1]
                and ("os.environ" in p.read_text() or "getenv" in p.read_text())]
@@ -293,3 +335,122 @@ def test_workspace_loads_with_the_dagster_cli(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Validation successful for code location acci_ops" in result.stderr + result.stdout
+
+
+# --- the snapshot of what the UI shows --------------------------------------------------------------
+
+SNAPSHOT = Path(__file__).resolve().parent / "snapshots" / "definitions.json"
+UPDATE_VARIABLE = "ACCI_OPS_UPDATE_SNAPSHOT"
+_SHAPES = {"STRICT_SHAPE": "Shape", "PERMISSIVE_SHAPE": "Permissive", "SELECTOR": "Selector"}
+
+
+def _config_type(snaps: dict, key: str) -> str:
+    """A config type as the Launchpad offers it: ``Noneable[Union[String,Selector]]`` is a string that
+    may also be ``{env: NAME}``."""
+    snap = snaps[key]
+    kind = snap.kind.name
+    params = [_config_type(snaps, k) for k in snap.type_param_keys or ()]
+    if kind == "SCALAR":
+        return snap.given_name or snap.key
+    if kind == "ENUM":
+        return f"Enum {snap.given_name}[{'|'.join(v.value for v in snap.enum_values)}]"
+    if kind in {"ARRAY", "NONEABLE", "MAP", "SCALAR_UNION"}:
+        return f"{kind.title().replace('_', '')}[{','.join(params)}]"
+    return _SHAPES.get(kind, kind)
+
+
+def _config_fields(snaps: dict, key: str, path: str = "", *, defaults: bool = True) -> list[str]:
+    """Every field under ``key``, one line each: ``path: type`` plus `` = default`` (leaves only) or
+    `` (optional)``; nested shapes are flattened into dotted paths, list items into ``[]``."""
+    snap = snaps[key]
+    if snap.kind.name in {"ARRAY", "NONEABLE"}:
+        return _config_fields(snaps, snap.type_param_keys[0], path + ("[]" if snap.kind.name == "ARRAY" else ""),
+                              defaults=defaults)
+    lines = []
+    for field in sorted(snap.fields or (), key=lambda f: f.name):
+        name = f"{path}.{field.name}" if path else field.name
+        kind = _config_type(snaps, field.type_key)
+        leaf = not snaps[field.type_key].fields
+        if field.is_required:
+            suffix = ""
+        elif field.default_provided and defaults and leaf:
+            suffix = f" = {field.default_value_as_json_str}"
+        else:
+            suffix = " (optional)"
+        lines.append(f"{name}: {kind}{suffix}")
+        lines += _config_fields(snaps, field.type_key, name, defaults=defaults)
+    return lines
+
+
+def _launchpad(job: dg.JobDefinition) -> tuple[dict[str, object], dict[str, list[str]]]:
+    """The job's Launchpad shape (executor, op config lines, each resource editable, fixed or
+    taking any config), and the config lines of its editable resources. Dagster's own execution and
+    logger config are named by the executor only, so a Dagster upgrade does not rewrite the file."""
+    snaps = job.get_config_schema_snapshot().all_config_snaps_by_key
+    root = {f.name: f for f in snaps[job.run_config_schema.config_type.key].fields}
+    shape: dict[str, object] = {"executor": job.executor_def.name,
+                                "ops": _config_fields(snaps, root["ops"].type_key) if "ops" in root else []}
+    resources: dict[str, str] = {}
+    editable: dict[str, list[str]] = {}
+    for field in snaps[root["resources"].type_key].fields if "resources" in root else ():
+        config = {f.name: f for f in snaps[field.type_key].fields or ()}.get("config")
+        lines = _config_fields(snaps, config.type_key, defaults=False) if config else []
+        if lines:
+            editable[field.name] = lines
+            resources[field.name] = "editable"
+        elif config and snaps[config.type_key].kind.name == "STRICT_SHAPE":
+            resources[field.name] = "fixed"  # config: {} and nothing else
+        else:
+            resources[field.name] = _config_type(snaps, config.type_key) if config else "no config"
+    shape["resources"] = dict(sorted(resources.items()))
+    return shape, editable
+
+
+def definitions_snapshot(defs: dg.Definitions) -> dict[str, object]:
+    """What a reviewer should see change: asset keys (with group), checks, jobs (with their Launchpad
+    shape), schedules, sensors and resource keys, each sorted."""
+    repo = defs.get_repository_def()
+    graph = defs.resolve_asset_graph()
+    jobs, resource_config = {}, {}
+    for job in sorted(repo.get_all_jobs(), key=lambda j: j.name):
+        if job.name.startswith("__"):  # Dagster's implicit asset job
+            continue
+        jobs[job.name], editable = _launchpad(job)
+        for key, lines in editable.items():
+            resource_config.setdefault(key, lines)
+    return {
+        "assets": {k.to_user_string(): graph.get(k).group_name
+                   for k in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string())},
+        "asset_checks": sorted(c.to_user_string() for c in graph.asset_check_keys),
+        "jobs": jobs,
+        "schedules": {s.name: {"cron": s.cron_schedule, "timezone": s.execution_timezone, "job": s.job_name,
+                               "default_status": s.default_status.name}
+                      for s in sorted(repo.schedule_defs, key=lambda s: s.name)},
+        "sensors": {s.name: {"type": s.sensor_type.name, "jobs": sorted(t.job_name for t in s.targets),
+                             "default_status": s.default_status.name}
+                    for s in sorted(repo.sensor_defs, key=lambda s: s.name)},
+        "resources": sorted(defs.resources or {}),
+        "resource_config": dict(sorted(resource_config.items())),
+    }
+
+
+def test_the_ui_names_and_launchpad_shapes_match_the_snapshot():
+    """With every capability on, the asset keys, checks, jobs and their Launchpad config, schedules
+    (cron, default status), sensors (default status) and resource keys are exactly those in
+    snapshots/definitions.json, so any rename or new Launchpad field shows up in review as a diff of
+    that file. After an intended change, rewrite it and commit it with the change:
+
+        ACCI_OPS_UPDATE_SNAPSHOT=1 pytest acci_ops_tests/defs/test_definitions.py -k snapshot
+    """
+    import json
+    import os
+
+    current = definitions_snapshot(build_definitions(load_settings(EVERY_CAPABILITY)))
+    text = json.dumps(current, indent=1, sort_keys=False) + "\n"
+    if os.environ.get(UPDATE_VARIABLE):
+        SNAPSHOT.parent.mkdir(exist_ok=True)
+        SNAPSHOT.write_text(text)
+    assert SNAPSHOT.is_file(), f"no snapshot yet: run with {UPDATE_VARIABLE}=1 to write {SNAPSHOT.name}"
+    assert json.loads(SNAPSHOT.read_text()) == current, (
+        f"the definitions differ from {SNAPSHOT.relative_to(ROOT)}; if intended, rerun with {UPDATE_VARIABLE}=1 "
+        "and commit the file")

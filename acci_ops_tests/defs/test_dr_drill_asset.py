@@ -1,6 +1,6 @@
 """The dr_drill asset in the graph: produced by the dr_drill job its monthly schedule launches,
 downstream of the validated backup it restores, with metadata that is neither duplicated nor
-plotted when it does not trend (issue 9, defect 7)."""
+plotted when it does not trend."""
 
 from __future__ import annotations
 

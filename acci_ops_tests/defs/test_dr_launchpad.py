@@ -1,5 +1,5 @@
 """The disaster_recovery Launchpad refuses empty answers and resource edits by config validation,
-i.e. before a run exists (issue 9, item 5): nothing here reaches an op, a database or a store."""
+i.e. before a run exists: nothing here reaches an op, a database or a store."""
 
 from __future__ import annotations
 

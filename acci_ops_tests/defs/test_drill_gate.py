@@ -1,4 +1,4 @@
-"""Item 12b: a drill given a backup_key no longer skips the validation gate; it needs the same
+"""A drill given a backup_key does not skip the validation gate: it needs the same
 explicit allow_unvalidated_backup as disaster_recovery. And DR's default choice with no signing key."""
 
 from __future__ import annotations

@@ -12,8 +12,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from acci_ops.defs.images.assets import CHECKS
 from acci_ops.defs.images.sensors import plan_tick
 from acci_ops.dev.fixture_app import add_tag, create_fixture_repo
+from acci_ops.lib.images.gate import standard_gate
+from acci_ops.lib.images.pipeline import ImageSettings
 from acci_ops.lib.images.source import SourceTag
 from acci_ops.lib.images.tools import ContainerTools
 from acci_ops.lib.postgres.scratch import list_scratch_databases
@@ -185,6 +188,13 @@ def test_plan_tick_is_bounded_and_never_rebuilds_a_moved_tag():
     hostile = [SourceTag("v1..0", "1..0", "a" * 40)]
     build, warnings, _ = plan_tick(hostile, {}, set(), first_tick=False, limit=3)
     assert build == [] and "is not a version, branch or commit" in warnings[0]
+
+
+def test_the_asset_declares_exactly_the_checks_the_standard_gate_reports():
+    """The asset's blocking checks are build_version's ELF check and the standard gate's, by name and in
+    order: a check the gate runs is never missing from the UI, and none is declared that never reports."""
+    gate = standard_gate(ImageSettings(source_repo="/nowhere", repository="127.0.0.1:1/acci/app"))
+    assert list(CHECKS) == ["elf_architecture", *(check.__name__ for check in gate.checks)]
 
 
 def test_no_image_definitions_without_source_and_repository():

@@ -1,4 +1,5 @@
-"""The validation sensor cannot be blinded (issue 7, item 6), and its caps bound the work.
+"""Stray, future-dated or late keys in the bucket cannot blind the validation sensor, and its caps
+bound the work.
 
 Real moto S3 over HTTP; ticks are evaluated with build_sensor_context against the real definitions.
 """

@@ -1,4 +1,4 @@
-"""Sizes in run logs and reports read in a unit a person uses (issue 9, defect 8)."""
+"""Sizes in run logs and reports read in a unit a person uses."""
 
 from __future__ import annotations
 

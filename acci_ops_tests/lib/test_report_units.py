@@ -1,4 +1,4 @@
-"""Durations in drill and recovery reports read in the unit a person uses (issue 9, defect 7)."""
+"""Durations in drill and recovery reports read in the unit a person uses."""
 
 from __future__ import annotations
 

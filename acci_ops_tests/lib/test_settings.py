@@ -308,31 +308,32 @@ def test_dr_defaults_are_the_models_and_tool_paths_come_from_variables_in_the_fi
 
 
 def test_every_field_of_every_section_has_help_and_is_in_the_generated_reference():
-    """Every field of every section (ImagesSpec and AlertSpec included, found by walking Settings and
-    EnvironmentSpec) declares non-empty help, and docs/configuration.md shows that help: the
-    reference is generated from the fields (scripts/gen_configuration.py), so a field missing from it
-    means the file is stale."""
+    """Every field of every section (ImagesSpec and AlertSpec included, found in the sections'
+    registry and the sections nested in them) declares non-empty help, and docs/configuration.md
+    shows that help: the reference is generated from the fields (scripts/gen_configuration.py), so a
+    field missing from it means the file is stale."""
     import dataclasses
     import re
     import typing
     from pathlib import Path
 
-    from acci_ops.settings import EnvironmentSpec, Settings, base_type
+    from acci_ops.settings import base_type, registered
 
-    def sections(owner: type) -> typing.Iterator[type]:
+    def nested(owner: type) -> typing.Iterator[type]:
         hints = typing.get_type_hints(owner)
         for f in dataclasses.fields(owner):
             kind, _ = base_type(hints[f.name])
-            if kind is tuple:
-                kind = typing.get_args(hints[f.name])[0]
             if dataclasses.is_dataclass(kind) and any("help" in g.metadata for g in dataclasses.fields(kind)):
                 yield kind
-                yield from sections(kind)
-            elif kind is EnvironmentSpec:
-                yield from sections(kind)
+                yield from nested(kind)
+
+    def sections() -> typing.Iterator[type]:
+        for section in registered():
+            yield section.spec
+            yield from nested(section.spec)
 
     reference = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
-    found = list(sections(Settings))
+    found = list(sections())
     assert {c.__name__ for c in found} >= {"BackupSpec", "OffsiteSpec", "ValidationSpec", "DrSpec", "AlertSpec",
                                            "ImagesSpec"}
     missing = []

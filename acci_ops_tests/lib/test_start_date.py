@@ -9,8 +9,9 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 import pytest
 
+from acci_ops.dev.start_date import record_start_date
 from acci_ops.lib.core.errors import ConfigError
-from acci_ops.settings import DEFAULT_START_DATE, load_settings, record_start_date
+from acci_ops.settings import DEFAULT_START_DATE, load_settings
 
 
 def test_unset_is_the_documented_default_whatever_the_process(tmp_path):

@@ -1,4 +1,4 @@
-"""Bucket trust (issue 7, item 5): whoever can write to the bucket must not steer retention, DR or
+"""Bucket trust: whoever can write to the bucket must not steer retention, DR or
 validation. Strict parsing, bounded reads, signatures, and never ranking by a key's date alone."""
 
 from __future__ import annotations

@@ -27,17 +27,22 @@ class AlertWebhook(spec_resource(AlertSpec, "AlertWebhookFields", timeout_second
     def run_link(self, run_id: str) -> str | None:
         return f"{self.dagster_url.rstrip('/')}/runs/{run_id}" if self.dagster_url else None
 
+    def notify(self, context: dg.OpExecutionContext, text: str) -> None:
+        """Alerts never stop DR (which calls this as ``_contracts.Notifier``): any failure to post
+        is one log line without the URL's secret path."""
+        try:
+            if not self.post(text):
+                context.log.warning(f"no alert webhook configured: {text}")
+        except AcciOpsError as exc:
+            context.log.error(f"alert not delivered ({exc}): {text}")
+        except Exception as exc:  # noqa: BLE001 - a broken webhook must never fail a recovery
+            context.log.error(f"alert not delivered (the alert webhook failed: {type(exc).__name__}): {text}")
+
 
 def alert_resource(spec: AlertSpec) -> AlertWebhook:
     return resource_from_spec(AlertWebhook, spec)
 
 
 def notify(webhook: AlertWebhook, context: dg.OpExecutionContext, text: str) -> None:
-    """Alerts never stop DR: any failure to post is one log line without the URL's secret path."""
-    try:
-        if not webhook.post(text):
-            context.log.warning(f"no alert webhook configured: {text}")
-    except AcciOpsError as exc:
-        context.log.error(f"alert not delivered ({exc}): {text}")
-    except Exception as exc:  # noqa: BLE001 - a broken webhook must never fail a recovery
-        context.log.error(f"alert not delivered (the alert webhook failed: {type(exc).__name__}): {text}")
+    """``webhook.notify``, for a caller that holds the webhook as a value."""
+    webhook.notify(context, text)

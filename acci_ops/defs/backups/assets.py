@@ -5,15 +5,8 @@ from datetime import timedelta
 
 import dagster as dg
 
-from acci_ops.defs._shared import (
-    asset_key,
-    daily_partitions,
-    keyring_or_warn,
-    partition_day,
-    resource_key,
-    run_step,
-    section_resource,
-)
+from acci_ops.defs._contracts import BACKUPS_GROUP, backup_asset_key
+from acci_ops.defs._shared import asset_key, daily_partitions, partition_day, resource_key, run_step, section_resource
 from acci_ops.defs.backups.resources import AcciEnvironment
 from acci_ops.lib.backup.dump import BackupResult, run_backup
 from acci_ops.lib.backup.inventory import copy_backup, list_backups
@@ -22,7 +15,7 @@ from acci_ops.lib.core.steps import human_duration
 from acci_ops.settings import EnvironmentSpec, Settings, url_scheme
 
 BACKUP_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26))
-GROUP = "backups"  # nightly_backup materializes this group: backup, validated and offsite assets
+GROUP = BACKUPS_GROUP  # nightly_backup materializes this group: backup, validated and offsite assets
 MAX_RUNTIME_TAG = "dagster/max_runtime"  # run tag the run monitor stops a run by (run tags only, not asset tags)
 RUNTIME_MARGIN_SECONDS = 600  # the run outlives pg_dump's own limit by this much
 
@@ -77,7 +70,7 @@ def build_backup_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDe
     max_runtime = nightly_max_runtime_seconds(settings)
 
     @dg.asset(
-        key=asset_key(settings, spec.name, "db_backup"),
+        key=backup_asset_key(spec, settings),
         partitions_def=daily_partitions(settings),
         required_resource_keys={resource_key("backup", spec.name)},
         group_name=GROUP,
@@ -95,7 +88,7 @@ def build_backup_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDe
     def db_backup(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         ensure_max_runtime(context, max_runtime)
         env: AcciEnvironment = section_resource(context, "backup", spec.name)
-        keyring = keyring_or_warn(context, env)
+        keyring = env.keyring_or_warn(context)
         result = run_step(context, lambda: run_backup(
             environment=spec.name, target=env.target(), store=env.store(), partition=partition_day(context),
             settings=env.backup_settings(), log=context.log.info, keyring=keyring,
@@ -108,7 +101,7 @@ def build_backup_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDe
 def build_offsite_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDefinition:
     @dg.asset(
         key=asset_key(settings, spec.name, "db_backup_offsite"),
-        deps=[asset_key(settings, spec.name, "db_backup")],
+        deps=[backup_asset_key(spec, settings)],
         partitions_def=daily_partitions(settings),
         required_resource_keys={resource_key("backup", spec.name)},
         group_name=GROUP,

@@ -6,7 +6,7 @@ from datetime import timedelta
 import dagster as dg
 from pydantic import Field
 
-from acci_ops.defs._shared import engine_errors, keyring_or_warn, resource_keys, section_resource
+from acci_ops.defs._shared import engine_errors, resource_keys, section_resource
 from acci_ops.defs.backups.jobs import nightly_max_runtime_seconds
 from acci_ops.defs.backups.resources import AcciEnvironment
 from acci_ops.lib.backup.retention import apply_retention
@@ -34,7 +34,7 @@ def build_retention_job(settings: Settings) -> dg.JobDefinition:
         rows, metadata = [], {}
         for spec in settings.environments:
             env: AcciEnvironment = section_resource(context, "backup", spec.name)
-            keyring = keyring_or_warn(context, env)
+            keyring = env.keyring_or_warn(context)
             stores = [("primary", env.store())]
             if env.offsite is not None:
                 stores.append(("offsite", env.offsite_store()))

@@ -1,18 +1,16 @@
 """DR drills (scheduled, isolated, measured) and the guarded on-call disaster_recovery job."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from pydantic import Field
 
-from acci_ops.defs._shared import asset_key, environment_spec, keyring_or_warn, resource_keys, section_resource
-from acci_ops.defs.alerts.resources import AlertWebhook, notify
+from acci_ops.defs._contracts import BackupEnvironment, Notifier, validated_asset_key
+from acci_ops.defs._shared import asset_key, resource_keys, section_resource
 from acci_ops.defs.dr.config import NonBlankString, environment_enum
-from acci_ops.defs.dr.plans import Plan, check_confirmation, plan_drill, plan_recovery
-from acci_ops.defs.dr.resources import fixed_resources
-from acci_ops.defs.validation.checks import validated_asset_key
+from acci_ops.defs.dr.plans import Plan, check_confirmation, environment_spec, plan_drill, plan_recovery
 from acci_ops.lib.core.steps import human_duration
 from acci_ops.lib.dr.procedures import ProcedureReport, run_drill, run_recovery, store_procedure_report
 from acci_ops.settings import EnvironmentSpec, Settings
@@ -94,10 +92,10 @@ def build_drill_asset(specs: list[EnvironmentSpec], settings: Settings) -> dg.As
             raise dg.Failure(description=(
                 f"environment {spec.name!r} cannot be drilled: a drill restores into validation's scratch "
                 f"server, which {spec.name} does not configure; drillable: {', '.join(keys)}"))
-        env = section_resource(context, "backup", spec.name)
+        env: BackupEnvironment = section_resource(context, "backup", spec.name)
         plan = plan_drill(settings, spec, env, section_resource(context, "validation", spec.name),
                           section_resource(context, "dr", spec.name), backup_key=config.backup_key,
-                          allow_unvalidated=config.allow_unvalidated_backup, keyring=keyring_or_warn(context, env))
+                          allow_unvalidated=config.allow_unvalidated_backup, keyring=env.keyring_or_warn(context))
         context.log.info(f"drilling {spec.name} with backup {plan.request.backup_key} on {plan.platform.describe()}")
         report = run_drill(plan.request, store=plan.store, platform=plan.platform, log=context.log.info)
         uri = store_procedure_report(plan.store, report)
@@ -135,7 +133,7 @@ def build_drill_schedule(job: UnresolvedAssetJobDefinition, settings: Settings) 
     )
 
 
-def _recovery_finished(context: dg.OpExecutionContext, webhook: AlertWebhook, plan: Plan,
+def _recovery_finished(context: dg.OpExecutionContext, webhook: Notifier, plan: Plan,
                        report: ProcedureReport) -> None:
     """Store the report beside the backups, tag and annotate the run, tell the channel, and fail the
     run with the procedure's one-line cause when it failed."""
@@ -146,9 +144,9 @@ def _recovery_finished(context: dg.OpExecutionContext, webhook: AlertWebhook, pl
     if report.kept_database:
         context.log.info(f"the database as it was before DR is kept as {report.kept_database}; drop it once "
                          "no longer needed (docs/runbooks/disaster-recovery.md)")
-    notify(webhook, context, f"DR of `{report.environment}` {outcome}"
-                             + (f" (RTO {human_duration(report.rto_seconds)})" if report.rto_seconds else "")
-                             + (f": {report.failure}" if report.failure else ""))
+    webhook.notify(context, f"DR of `{report.environment}` {outcome}"
+                            + (f" (RTO {human_duration(report.rto_seconds)})" if report.rto_seconds else "")
+                            + (f": {report.failure}" if report.failure else ""))
     if not report.ok:
         raise dg.Failure(description=report.failure)
 
@@ -165,9 +163,10 @@ class RecoveryAnswers:
     allow_unvalidated_backup: bool
 
 
-def build_recovery_job(specs: list[EnvironmentSpec], settings: Settings) -> dg.JobDefinition:
-    """``specs``: the environments with DR configured. The job binds every resource as the code
-    location configured it (``fixed_resources``), so its Launchpad offers no resource config."""
+def build_recovery_job(specs: list[EnvironmentSpec], settings: Settings,
+                       resources: Mapping[str, dg.ResourceDefinition]) -> dg.JobDefinition:
+    """``specs``: the environments with DR configured. ``resources``: every resource of the code
+    location as ``fixed_resources`` binds it, so the job's Launchpad offers no resource config."""
     names = ", ".join(s.name for s in specs)
 
     config_schema = {
@@ -195,16 +194,16 @@ def build_recovery_job(specs: list[EnvironmentSpec], settings: Settings) -> dg.J
         config = RecoveryAnswers(**context.op_config)
         check_confirmation(config.environment, config.confirm, config.operator)
         spec = environment_spec(settings, config.environment, needs_dr=True)
-        env = section_resource(context, "backup", spec.name)
-        webhook: AlertWebhook = context.resources.alert_webhook
+        env: BackupEnvironment = section_resource(context, "backup", spec.name)
+        webhook: Notifier = context.resources.alert_webhook
         context.instance.add_run_tags(context.run_id, {"acci/dr-operator": config.operator.strip(),
                                                        "acci/dr-environment": spec.name})
         plan = plan_recovery(settings, spec, env, section_resource(context, "dr", spec.name),
                              backup_key=config.backup_key, allow_unvalidated=config.allow_unvalidated_backup,
-                             skip_infrastructure=config.skip_infrastructure, keyring=keyring_or_warn(context, env))
+                             skip_infrastructure=config.skip_infrastructure, keyring=env.keyring_or_warn(context))
         context.instance.add_run_tags(context.run_id, {"acci/dr-backup": plan.request.backup_key})
-        notify(webhook, context, f":rotating_light: DR of `{spec.name}` started by {config.operator} "
-                                 f"with backup `{plan.request.backup_key}`")
+        webhook.notify(context, f":rotating_light: DR of `{spec.name}` started by {config.operator} "
+                                f"with backup `{plan.request.backup_key}`")
         report = run_recovery(plan.request, store=plan.store, platform=plan.platform, log=context.log.info)
         _recovery_finished(context, webhook, plan, report)
 
@@ -220,7 +219,7 @@ def build_recovery_job(specs: list[EnvironmentSpec], settings: Settings) -> dg.J
             "See docs/runbooks/disaster-recovery.md."
         ),
         tags={"acci/operation": "dr"},
-        resource_defs=fixed_resources(settings, specs),
+        resource_defs=dict(resources),
     )
     def disaster_recovery() -> None:
         recover_environment()

@@ -11,10 +11,9 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from acci_ops.defs._contracts import BackupEnvironment, ScratchServer
 from acci_ops.defs._shared import engine_errors
-from acci_ops.defs.backups.resources import AcciEnvironment
 from acci_ops.defs.dr.resources import AcciDisasterRecovery
-from acci_ops.defs.validation.resources import AcciValidation
 from acci_ops.lib.backup.signing import Keyring
 from acci_ops.lib.core.errors import AcciOpsError
 from acci_ops.lib.dr.procedures import DrillRequest, RecoveryRequest, Targets, choose_backup, refuse_foreign_backup
@@ -39,6 +38,15 @@ def redis_setting(settings: Settings, environment: str) -> str:
     return "ACCI_REDIS_URL"
 
 
+def environment_spec(settings: Settings, name: str, *, needs_dr: bool = False) -> EnvironmentSpec:
+    """The named environment (from run config), or a failure naming the declared ones."""
+    with engine_errors():
+        spec = settings.environment(name)
+    if needs_dr and not spec.dr:
+        raise dg.Failure(description=f"environment {name!r} has no DR platform configured (ACCI_PLATFORM)")
+    return spec
+
+
 def check_confirmation(environment: str, confirm: str, operator: str) -> None:
     """Nothing runs against a real environment unless its name was typed twice and someone signed."""
     if not environment or confirm != environment:
@@ -49,7 +57,7 @@ def check_confirmation(environment: str, confirm: str, operator: str) -> None:
         raise dg.Failure(description="say who you are in 'operator'; nothing was done")
 
 
-def plan_drill(settings: Settings, spec: EnvironmentSpec, env: AcciEnvironment, validation: AcciValidation,
+def plan_drill(settings: Settings, spec: EnvironmentSpec, env: BackupEnvironment, validation: ScratchServer,
                dr: AcciDisasterRecovery, *, backup_key: str, allow_unvalidated: bool,
                keyring: Keyring | None) -> Plan:
     """The backup to rehearse with (named, or the newest validated one) on an isolated platform."""
@@ -69,7 +77,7 @@ def plan_drill(settings: Settings, spec: EnvironmentSpec, env: AcciEnvironment, 
     return Plan(request, store, platform)
 
 
-def plan_recovery(settings: Settings, spec: EnvironmentSpec, env: AcciEnvironment, dr: AcciDisasterRecovery, *,
+def plan_recovery(settings: Settings, spec: EnvironmentSpec, env: BackupEnvironment, dr: AcciDisasterRecovery, *,
                   backup_key: str, allow_unvalidated: bool, skip_infrastructure: bool,
                   keyring: Keyring | None) -> Plan:
     """The backup to restore: only one of this environment's own, validated unless overridden."""

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import dagster as dg
 from pydantic import Field
 
-from acci_ops.defs._shared import resource_from_spec, resource_key, spec_resource
-from acci_ops.defs.alerts.resources import alert_resource
-from acci_ops.defs.backups.resources import backup_resource
-from acci_ops.defs.images.resources import RESOURCE_KEY as IMAGES_KEY
-from acci_ops.defs.images.resources import images_resource
-from acci_ops.defs.validation.resources import validation_resource
+from acci_ops.defs._shared import resource_from_spec, spec_resource
 from acci_ops.lib.core.errors import ConfigError
 from acci_ops.lib.platform.backends import ComposePlatform, HelmPlatform, LocalPlatform, Platform
 from acci_ops.lib.platform.paths import deploy_dir
 from acci_ops.lib.platform.paths import resolve_deploy_path as _path
-from acci_ops.settings import DrSpec, EnvironmentSpec, Settings
+from acci_ops.settings import DrSpec, EnvironmentSpec
 
 PROJECT_ROOT = deploy_dir().parent  # holds deploy/ (package data): the same in a checkout and installed
 
@@ -66,18 +61,16 @@ def fixed_resource(resource: dg.ConfigurableResource) -> dg.ResourceDefinition:
     )
 
 
-def fixed_resources(settings: Settings, specs: list[EnvironmentSpec]) -> dict[str, dg.ResourceDefinition]:
-    """Every resource the code location declares (backup, validation, DR, alerts), fixed, for a
-    job whose Launchpad must not offer resource config. Job-level resources take precedence over
-    the Definitions-level ones with the same key; ``test_dr_launchpad`` fails if another domain
-    adds a resource that this list misses."""
-    resources: dict[str, dg.ConfigurableResource] = {"alert_webhook": alert_resource(settings.alerts)}
-    for spec in settings.environments:
-        resources[resource_key("backup", spec.name)] = backup_resource(spec)
-        if spec.validates:
-            resources[resource_key("validation", spec.name)] = validation_resource(spec)
-    for spec in specs:
-        resources[resource_key("dr", spec.name)] = dr_resource(spec)
-    if settings.images.enabled:
-        resources[IMAGES_KEY] = images_resource(settings.images)
-    return {key: fixed_resource(resource) for key, resource in resources.items()}
+def fixed_resources(resources: Mapping[str, object]) -> dict[str, dg.ResourceDefinition]:
+    """``resources`` (every resource of the code location, by key: the other domains' as
+    ``acci_ops/definitions.py`` hands them over, and DR's own), fixed, for a job whose Launchpad
+    must not offer resource config. Job-level resources take precedence over the Definitions-level
+    ones with the same key, so none of them can be edited there; a new domain's resources arrive
+    here without any change to DR."""
+    fixed = {}
+    for key, resource in sorted(resources.items()):
+        if not isinstance(resource, dg.ConfigurableResource):
+            raise ConfigError(f"resource {key!r} is a {type(resource).__name__}, not a ConfigurableResource: "
+                              "the disaster_recovery job cannot bind it as the code location configured it")
+        fixed[key] = fixed_resource(resource)
+    return fixed

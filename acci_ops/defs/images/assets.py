@@ -5,14 +5,13 @@ blocking check passed, so the checks cannot be separate steps that run after the
 Each check's outcome is reported as an asset check of ``acci_image`` (blocking: a failed check
 stops anything downstream, i.e. releases); a version that fails one is never pushed under its tags
 and the step fails with the check's one-line cause.
+
+What is checked and stored with the image is ``lib/images/gate.standard_gate``'s, the same for a
+caller without Dagster; this module only turns the resource into its inputs and the build's report
+into asset check results and a materialization.
 """
 
-
-import dataclasses
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -20,18 +19,11 @@ from pydantic import Field
 from acci_ops.defs._shared import engine_errors
 from acci_ops.defs.images.partitions import ACCI_VERSIONS, check_partition_key
 from acci_ops.defs.images.resources import RESOURCE_KEY, ImageBuilder
-from acci_ops.lib.core.errors import AcciOpsError
 from acci_ops.lib.core.steps import human_bytes, human_duration
-from acci_ops.lib.images.build import LocalIndex
-from acci_ops.lib.images.outcome import Artifact, CheckOutcome
+from acci_ops.lib.images.gate import GateConfig, standard_gate
+from acci_ops.lib.images.outcome import CheckOutcome
 from acci_ops.lib.images.pipeline import BuildReport, build_version
-from acci_ops.lib.images.policy import image_policy
-from acci_ops.lib.images.sandbox import private_services
-from acci_ops.lib.images.sbom import provenance_statement, sbom_artifact
-from acci_ops.lib.images.scan import vulnerability_scan
-from acci_ops.lib.images.smoke import CHECK_NAME as SMOKE_CHECK
-from acci_ops.lib.images.smoke import smoke_test
-from acci_ops.lib.images.source import Checkout, public_url
+from acci_ops.lib.images.source import public_url
 
 ASSET_KEY = dg.AssetKey("acci_image")
 # Set by source_tag_sensor on each run it requests: the commit the release tag named at that tick.
@@ -92,31 +84,6 @@ def _check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
                                severity=severity, description=outcome.description, metadata=metadata)
 
 
-@contextmanager
-def throwaway_services(images: ImageBuilder, workdir: Path) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
-    """(SmokeConfig fields, metadata) giving the smoke-tested image a database and a Redis that
-    hold nothing and lead nowhere: by default a private PostgreSQL server and redis-server started
-    for this smoke test alone under the build's ``workdir``, reached only through their unix
-    sockets mounted into the container, deleted after whatever happens (``sandbox``). Never the
-    validation scratch server nor a drill's Redis: the image under test is written by whoever can
-    push a tag, and those hold restored production data. ACCI_IMAGE_SMOKE_DATABASE_URL /
-    ACCI_IMAGE_SMOKE_REDIS_URL replace one or both (the operator's choice, handed over as given)."""
-    database, redis = images.smoke_database_url or None, images.smoke_redis_url or None
-    about: dict[str, str] = {}
-    if database:
-        about["throwaway_database"] = "ACCI_IMAGE_SMOKE_DATABASE_URL (the operator's; the container has no network)"
-    if redis:
-        about["throwaway_redis"] = "ACCI_IMAGE_SMOKE_REDIS_URL (the operator's; the container has no network)"
-    if database and redis:
-        yield {"database_url": database, "redis_url": redis}, about
-        return
-    with private_services(workdir, images.storage_path(), database=database is None,
-                          redis=redis is None) as services:
-        fields = {"database_url": database or services.database_url or None,
-                  "redis_url": redis or services.redis_url or None, "mounts": services.mounts}
-        yield fields, {**services.about, **about, "throwaway_services_seconds": f"{services.seconds:.2f}"}
-
-
 def build_image_asset() -> dg.AssetsDefinition:
     """The build asset; it needs only the image resource (the smoke test brings its own services)."""
     @dg.multi_asset(
@@ -154,54 +121,17 @@ def build_image_asset() -> dg.AssetsDefinition:
         with engine_errors():
             settings = images.image_settings()
             tools = images.tools()
-            smoke_cfg = images.smoke_config()
-        log = context.log.info
-
-        def smoke(local: LocalIndex, checkout: Checkout) -> CheckOutcome:
-            try:
-                with throwaway_services(images, Path(local.oci_dir).parent) as (fields, about):
-                    outcome = smoke_test(images.engine(tools), local.oci_dir, dataclasses.replace(smoke_cfg, **fields),
-                                         log=log)
-            except AcciOpsError as exc:
-                return CheckOutcome(SMOKE_CHECK, False, "ERROR",
-                                    " ".join(f"could not start the smoke test's own database and Redis: {exc}".split()))
-            return dataclasses.replace(outcome, metadata={**outcome.metadata, **about})
-
-        def policy(local: LocalIndex, checkout: Checkout) -> CheckOutcome:
-            dockerfile = checkout.path / settings.dockerfile
-            return image_policy(local.oci_dir, images.policy_config(dockerfile), log=log)
-
-        def scan(local: LocalIndex, checkout: Checkout) -> CheckOutcome:
-            return vulnerability_scan(images.scan_command, oci_dir=local.oci_dir,
-                                      image_ref=f"{settings.repository}@{local.index_digest}",
-                                      fail_on=images.scan_fail_on, log=log)
-
-        def sbom(local: LocalIndex, checkout: Checkout) -> list[Artifact]:
-            # One document for every platform of the index (per-platform counts in its metadata).
-            return [sbom_artifact(local.oci_dir, name=settings.repository, version=checkout.version or checkout.short,
-                                  log=log)]
-
-        def provenance(local: LocalIndex, checkout: Checkout) -> list[Artifact]:
-            statement = provenance_statement(
-                subject_name=settings.repository, index_digest=local.index_digest,
-                source_repo=public_url(settings.source_repo),
-                revision=checkout.commit, source_ref=checkout.ref,
-                build_parameters={"platforms": list(settings.platforms), "dockerfile": settings.dockerfile,
-                                  "context": settings.context, "source_date_epoch": checkout.commit_epoch},
-                base_images=dict(local.base_image_digests),
-                platform_digests={p: img.digest for p, img in local.platforms.items()},
-                invocation_id=context.run_id)
-            return [Artifact("att", statement, "application/vnd.in-toto+json",
-                             metadata={"provenance": "in-toto v1, SLSA provenance v1"})]
-
+            gate = standard_gate(settings, GateConfig(
+                smoke=images.smoke_config(), policy=images.policy_config(None), scan_command=images.scan_command,
+                scan_fail_on=images.scan_fail_on, docker_host=images.docker_host or None),
+                tools=tools, run_id=context.run_id, log=context.log.info)
         # The commit source_tag_sensor saw: the run builds exactly that, or stops (a tag moved since).
         expected = context.run.tags.get(REVISION_TAG) or None
         context.log.info(f"building {key} from {public_url(settings.source_repo)} for {', '.join(settings.platforms)}"
                          + (f" (commit {expected[:12]}, as the sensor saw it)" if expected else ""))
         with engine_errors():
-            report = build_version(settings, key, tools=tools, checks=[smoke, policy, scan],
-                                   artifacts={"sbom": sbom, "att": provenance}, log=log, force=config.force,
-                                   expected_commit=expected)
+            report = build_version(settings, key, tools=tools, checks=gate.checks, artifacts=gate.artifacts,
+                                   log=context.log.info, force=config.force, expected_commit=expected)
         if report.noop and not report.completed:
             context.log.info(f"{report.message} (no new materialization; launch with force: true to rebuild)")
             return

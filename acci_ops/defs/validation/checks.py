@@ -9,17 +9,8 @@ from typing import ParamSpec, TypeVar
 
 import dagster as dg
 
-from acci_ops.defs._shared import (
-    asset_key,
-    daily_partitions,
-    keyring_or_warn,
-    partition_day,
-    resource_key,
-    run_step,
-    section_resource,
-)
-from acci_ops.defs.backups.assets import GROUP
-from acci_ops.defs.backups.resources import AcciEnvironment
+from acci_ops.defs._contracts import BACKUPS_GROUP, BackupEnvironment, backup_asset_key, validated_asset_key
+from acci_ops.defs._shared import daily_partitions, partition_day, resource_key, run_step, section_resource
 from acci_ops.defs.validation.resources import AcciValidation
 from acci_ops.lib.backup.inventory import Trust, inspect_backup, list_backups
 from acci_ops.lib.backup.layout import BackupKey, parse_dump_key
@@ -41,12 +32,8 @@ VALIDATED_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours
 P, R = ParamSpec("P"), TypeVar("R")
 
 
-def validated_asset_key(spec: EnvironmentSpec, settings: Settings) -> dg.AssetKey:
-    return asset_key(settings, spec.name, "db_backup_validated")
-
-
 def check_key(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCheckKey:
-    return dg.AssetCheckKey(asset_key(settings, spec.name, "db_backup"), CHECK_NAME)
+    return dg.AssetCheckKey(backup_asset_key(spec, settings), CHECK_NAME)
 
 
 def report_metadata(report: ValidationReport, rpo: float | None) -> dict[str, object]:
@@ -112,7 +99,7 @@ def _without_partitioned_check_warning(build: Callable[P, R]) -> Callable[P, R]:
 @_without_partitioned_check_warning
 def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=asset_key(settings, spec.name, "db_backup"),
+        asset=backup_asset_key(spec, settings),
         name=CHECK_NAME,
         blocking=True,
         partitions_def=daily_partitions(settings),
@@ -128,10 +115,10 @@ def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCh
         ),
     )
     def restores_cleanly(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        env: AcciEnvironment = section_resource(context, "backup", spec.name)
+        env: BackupEnvironment = section_resource(context, "backup", spec.name)
         validation: AcciValidation = section_resource(context, "validation", spec.name)
         day = partition_day(context)
-        keyring = keyring_or_warn(context, env)
+        keyring = env.keyring_or_warn(context)
 
         def validate() -> tuple[ValidationReport, float | None, Trust | None]:
             store = env.store()
@@ -177,10 +164,10 @@ def build_restore_check(spec: EnvironmentSpec, settings: Settings) -> dg.AssetCh
 def build_validated_asset(spec: EnvironmentSpec, settings: Settings) -> dg.AssetsDefinition:
     @dg.asset(
         key=validated_asset_key(spec, settings),
-        deps=[asset_key(settings, spec.name, "db_backup")],
+        deps=[backup_asset_key(spec, settings)],
         partitions_def=daily_partitions(settings),
         required_resource_keys={resource_key("backup", spec.name)},
-        group_name=GROUP,
+        group_name=BACKUPS_GROUP,  # so nightly_backup validates what it backs up
         freshness_policy=VALIDATED_FRESHNESS,
         kinds={"postgres"},
         tags={"acci/environment": spec.name},
@@ -192,8 +179,8 @@ def build_validated_asset(spec: EnvironmentSpec, settings: Settings) -> dg.Asset
         ),
     )
     def db_backup_validated(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        env: AcciEnvironment = section_resource(context, "backup", spec.name)
-        keyring = keyring_or_warn(context, env)
+        env: BackupEnvironment = section_resource(context, "backup", spec.name)
+        keyring = env.keyring_or_warn(context)
         if keyring is None:
             raise dg.Failure(description=f"{NO_KEY_WARNING}; no backup can be marked validated until it is set")
 

@@ -5,8 +5,9 @@ from datetime import timedelta
 
 import dagster as dg
 
+from acci_ops.defs._contracts import validated_asset_key
 from acci_ops.defs._shared import engine_errors, resource_keys, section_resource
-from acci_ops.defs.validation.checks import check_key, validated_asset_key
+from acci_ops.defs.validation.checks import check_key
 from acci_ops.defs.validation.resources import AcciValidation
 from acci_ops.lib.postgres.scratch import drop_stale_scratch_databases
 from acci_ops.settings import EnvironmentSpec, Settings

@@ -16,6 +16,9 @@ class AcciValidation(spec_resource(ValidationSpec, "AcciValidationFields",
                                    name=(str, Field(description="Environment name (production, staging, ...).")))):
     """Where an environment's backups are restored to be proven, and how."""
 
+    # The docstring is the resource's description in the UI. DR's drill restores into the same
+    # scratch server, through _contracts.ScratchServer, without importing this class.
+
     def scratch(self) -> DatabaseTarget:
         if not self.scratch_database_url:
             raise ConfigError(f"no scratch database configured for environment {self.name}; "

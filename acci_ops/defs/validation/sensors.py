@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from acci_ops.defs._contracts import BackupEnvironment, validated_asset_key
 from acci_ops.defs._shared import resource_keys, section_resource
-from acci_ops.defs.backups.resources import AcciEnvironment
-from acci_ops.defs.validation.checks import BACKUP_KEY_TAG, check_key, validated_asset_key
+from acci_ops.defs.validation.checks import BACKUP_KEY_TAG, check_key
 from acci_ops.lib.backup.records import VALIDATION_SUFFIX
 from acci_ops.lib.core.errors import AcciOpsError
 from acci_ops.lib.validation.scan import scan_new_backups
@@ -56,7 +56,7 @@ def build_validation_sensor(specs: list[EnvironmentSpec], settings: Settings,
         today = datetime.now(ZoneInfo(settings.timezone)).date()
         requests, notes = [], []
         for spec in specs:
-            env: AcciEnvironment = section_resource(context, "backup", spec.name)
+            env: BackupEnvironment = section_resource(context, "backup", spec.name)
             start = cursor.get(spec.name)
             if not isinstance(start, str) or not start.startswith(f"{spec.name}/"):
                 start = initial_cursor(spec.name, today)

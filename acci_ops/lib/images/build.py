@@ -17,8 +17,9 @@ Registry TLS: ``ACCI_REGISTRY_TLS_VERIFY=false`` is for the target registry only
 live there); every other registry a ``FROM`` names is reached with TLS verified.
 
 Base images: after the build, and before that storage is removed, the images buildah pulled for
-each external ``FROM`` are looked up in it (``buildah images`` / ``buildah inspect``), so the
-digests recorded are the ones the build used, not what a tag points at later.
+each external ``FROM`` (``dockerfile.from_images``) are looked up in it (``buildah images`` /
+``buildah inspect``), so the digests recorded are the ones the build used, not what a tag points
+at later.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from pathlib import Path
 
 from acci_ops.lib.core.commands import CommandFailed, CommandTimeout, LineSink
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
+from acci_ops.lib.images.dockerfile import from_images
 from acci_ops.lib.images.elf import SUPPORTED_ARCHITECTURES
-from acci_ops.lib.images.oci import IndexInfo, normalize_index, read_index
+from acci_ops.lib.images.oci import IndexInfo, ManifestInfo, normalize_index, read_index
 from acci_ops.lib.images.source import Checkout, public_url
 from acci_ops.lib.images.tools import ContainerTools
 
@@ -57,22 +59,12 @@ class BuildFailed(AcciOpsError):
 
 
 @dataclass(frozen=True)
-class PlatformImage:
-    digest: str
-    config_digest: str
-    size_bytes: int
-    architecture: str
-    os: str
-    variant: str | None = None
-
-
-@dataclass(frozen=True)
 class LocalIndex:
     """A built multi-platform image in an OCI layout directory (not pushed anywhere yet)."""
 
     oci_dir: Path
     index_digest: str
-    platforms: dict[str, PlatformImage]
+    platforms: dict[str, ManifestInfo]  # what ``read_index`` found for each platform
     labels: dict[str, str] = field(default_factory=dict)
     build_seconds: float = 0.0
     base_images: tuple[str, ...] = ()
@@ -174,41 +166,6 @@ def oci_labels(checkout: Checkout, title: str, extra: Mapping[str, str] | None =
     }
     labels.update(extra or {})
     return labels
-
-
-_FROM_LINE = re.compile(r"^\s*FROM\s+((?:--\S+\s+)*)(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE)
-_ARG_LINE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(\S*))?", re.IGNORECASE)
-
-
-def _from_images(text: str, build_args: Mapping[str, str] | None = None) -> list[tuple[str, bool]]:
-    """``(image, has --platform flag)`` for each external FROM image, first use first; global
-    ``ARG`` defaults (before the first FROM) and ``build_args`` are substituted."""
-    args = dict(build_args or {})
-    stages: set[str] = set()
-    found: dict[str, bool] = {}
-    seen_from = False
-    for line in text.splitlines():
-        arg = _ARG_LINE.match(line)
-        if arg and not seen_from:
-            if arg.group(2) is not None:  # ``ARG X`` without a default leaves ${X} as written
-                args.setdefault(arg.group(1), arg.group(2).strip("'\""))
-            continue
-        match = _FROM_LINE.match(line)
-        if not match:
-            continue
-        seen_from = True
-        image = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: args.get(m.group(1), m.group(0)), match.group(2))
-        flagged = "--platform" in match.group(1).lower()
-        if image.lower() != "scratch" and image not in stages:
-            found[image] = found.get(image, False) or flagged
-        if match.group(3):
-            stages.add(match.group(3))
-    return list(found.items())
-
-
-def base_images(dockerfile: Path, build_args: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """The external images named in FROM lines (stage names and ``scratch`` excluded)."""
-    return tuple(image for image, _ in _from_images(dockerfile.read_text(errors="replace"), build_args))
 
 
 def normalize_reference(name: str) -> str:
@@ -439,8 +396,7 @@ def build_index(tools: ContainerTools, checkout: Checkout, platforms: Sequence[s
         if log:
             log(line)
 
-    bases = _from_images(dockerfile_path.read_text(errors="replace"),
-                         {"SOURCE_DATE_EPOCH": str(checkout.commit_epoch)})
+    bases = from_images(dockerfile_path.read_text(errors="replace"), {"SOURCE_DATE_EPOCH": str(checkout.commit_epoch)})
     started = time.monotonic()
     try:
         try:
@@ -459,9 +415,7 @@ def build_index(tools: ContainerTools, checkout: Checkout, platforms: Sequence[s
     finally:
         storage.remove_storage()
     index_digest = normalize_index(oci_dir, platforms)
-    info = read_index(oci_dir)
-    built = {m.platform: PlatformImage(m.digest, m.config_digest, m.size_bytes, m.architecture, m.os, m.variant)
-             for m in info.manifests}
+    built = read_index(oci_dir).by_platform()
     missing = [p for p in platforms if p not in built]
     if missing:
         raise BuildFailed(f"the built index lacks platform(s) {', '.join(missing)}")

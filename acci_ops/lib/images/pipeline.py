@@ -12,8 +12,8 @@
 4. a clean checkout, a reproducible multi-platform build into an OCI layout (``build.py``);
 5. the version tag must be free (or already hold this very digest): it is never moved;
 6. the checks: the ELF architecture check, then every check the caller passes
-   (``(LocalIndex, Checkout) -> CheckOutcome``: smoke test, image policy, scan). A failed
-   ERROR-severity check blocks the push: the version is never pushed under its tags;
+   (``(LocalIndex, Checkout) -> CheckOutcome``; ``gate.standard_gate``: smoke test, image policy,
+   scan). A failed ERROR-severity check blocks the push: the version is never pushed under its tags;
 7. the image uploaded by digest, then the artifacts (SBOM, provenance) that the producers return,
    as OCI artifacts referring to the index, and only then the tags, each a compare-and-swap:
    ``<version>`` (immutable), ``sha-<12 hex>`` (follows the release), ``ACCI_IMAGE_LATEST_TAG``
@@ -127,7 +127,7 @@ class BuildReport:
             raise ImageBlocked(self.message)
 
     def metadata(self) -> dict[str, Any]:
-        """The materialization metadata the issue names (plain values)."""
+        """What a materialization of this build records, as plain values."""
         out: dict[str, Any] = {
             "image_digest": self.index_digest, "image_ref": self.image_ref, "platforms": sorted(self.platforms),
             "revision": self.revision, "source_tag": self.source_tag or "", "build_seconds": self.build_seconds,

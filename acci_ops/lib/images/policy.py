@@ -28,6 +28,7 @@ from acci_ops.lib.core.commands import CommandOutputTooLarge, CommandTimeout, fi
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 from acci_ops.lib.images.oci import FileEntry, ManifestInfo, image_files, read_entry, read_index
 from acci_ops.lib.images.outcome import CheckOutcome
+from acci_ops.lib.images.secret_names import POINTER_SUFFIX, SECRET_NAME
 
 CHECK_NAME = "image_policy"
 
@@ -38,10 +39,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Always searched as well as the image's own PATH: a shell in /bin is reachable by absolute path.
 STANDARD_BIN_DIRS = tuple(DEFAULT_PATH.split(":"))
 
-# A variable or label whose NAME says secret and whose value is not empty.
-SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY", re.IGNORECASE)
-# ...unless it only points at where the secret lives (DB_PASSWORD_FILE=/run/secrets/db).
-POINTER_SUFFIX = re.compile(r"_(FILE|PATH|DIR)$", re.IGNORECASE)
+# A variable or label whose NAME says secret (SECRET_NAME) and whose value is not empty, unless
+# it only points at where the secret lives (POINTER_SUFFIX: DB_PASSWORD_FILE=/run/secrets/db).
 # Values that are secrets whatever they are called.
 SECRET_VALUE_PATTERNS = (
     ("an AWS access key id", re.compile(r"\b(AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b")),
@@ -66,7 +65,7 @@ REPO_HADOLINT_FILES = (".hadolint.yaml", ".hadolint.yml")
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """What ``image_policy`` enforces; the defaults are the issue's contract."""
+    """What ``image_policy`` enforces; the defaults are what every ACCI Framework image must meet."""
 
     required_labels: tuple[str, ...] = OCI_LABELS
     max_mb: float | None = None  # ACCI_IMAGE_MAX_MB per platform: manifest + config + compressed layers, 10^6 bytes

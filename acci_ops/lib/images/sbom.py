@@ -30,7 +30,7 @@ from acci_ops.lib.core.commands import CommandOutputTooLarge, CommandTimeout, fi
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 from acci_ops.lib.images.oci import MIN_FREE_MB, check_free_space, read_index, read_json
 from acci_ops.lib.images.outcome import Artifact
-from acci_ops.lib.images.policy import SECRET_NAME
+from acci_ops.lib.images.secret_names import SECRET_NAME
 
 SBOM_FORMATS = {"spdx-json": "application/spdx+json", "cyclonedx-json": "application/vnd.cyclonedx+json"}
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -247,33 +247,6 @@ def sbom_artifact(oci_dir: str | os.PathLike, *, sbom_format: str = "spdx-json",
     metadata.update({f"sbom_components {p}": n for p, n in counts.items()})
     return Artifact("sbom", document, SBOM_FORMATS[sbom_format],
                     annotations={"io.acci-ops.sbom.platforms": ",".join(platforms)}, metadata=metadata)
-
-
-_FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?\s*$", re.IGNORECASE)
-
-
-def dockerfile_base_images(text: str, build_args: Mapping[str, str] | None = None) -> list[str]:
-    """The external base images a Dockerfile's FROM lines name (stage references and ``scratch``
-    left out; ``${ARG}`` replaced from ``build_args`` or the ARG defaults before the first FROM)."""
-    args = dict(build_args or {})
-    stages: set[str] = set()
-    bases: list[str] = []
-    seen_from = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not seen_from and line.upper().startswith("ARG "):
-            key, _, default = line[4:].strip().partition("=")
-            args.setdefault(key.strip(), default.strip().strip("'\""))
-        match = _FROM.match(line)
-        if not match:
-            continue
-        seen_from = True
-        image = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: args.get(m.group(1), m.group(0)), match.group(1))
-        if image.lower() != "scratch" and image not in stages and image not in bases:
-            bases.append(image)
-        if match.group(2):
-            stages.add(match.group(2))
-    return bases
 
 
 def _safe_uri(uri: str) -> str:

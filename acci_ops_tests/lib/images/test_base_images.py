@@ -20,11 +20,11 @@ from acci_ops.dev.registry import LocalRegistry
 from acci_ops.lib.images.build import (
     LocalIndex,
     StoredImage,
-    _from_images,
     base_image_refs,
     normalize_reference,
     resolve_base_digests,
 )
+from acci_ops.lib.images.dockerfile import from_images
 from acci_ops.lib.images.outcome import Artifact
 from acci_ops.lib.images.pipeline import BuildReport, ImageSettings, build_version
 from acci_ops.lib.images.sbom import provenance_statement
@@ -191,7 +191,7 @@ def test_pinned_build_platform_and_stage_names() -> None:
 def test_from_lines_and_reference_names() -> None:
     text = ("ARG RUST=1.80\nARG DISTROLESS\nFROM --platform=$BUILDPLATFORM rust:${RUST} AS build\n"
             "FROM scratch AS assets\nFROM build AS again\nfrom ${DISTROLESS} as final\n")
-    assert _from_images(text, {"DISTROLESS": "gcr.io/distroless/cc@sha256:abc"}) == [
+    assert from_images(text, {"DISTROLESS": "gcr.io/distroless/cc@sha256:abc"}) == [
         ("rust:1.80", True), ("gcr.io/distroless/cc@sha256:abc", False)]
     assert normalize_reference("debian:12") == "docker.io/library/debian:12"
     assert normalize_reference("acci/base") == "docker.io/acci/base:latest"

@@ -15,7 +15,6 @@ from acci_ops.lib.images.sbom import (
     STATEMENT_TYPE,
     SbomError,
     component_count,
-    dockerfile_base_images,
     provenance_statement,
     sbom_artifact,
     sbom_document,
@@ -161,11 +160,3 @@ def test_provenance_statement() -> None:
                                "finishedOn": "2026-01-01T00:01:00Z"}
     with pytest.raises(ConfigError, match="is not algorithm:hex"):
         provenance_statement(subject_name="r", index_digest="abc", source_repo="/src", revision=COMMIT)
-
-
-@pytest.mark.unit
-def test_dockerfile_base_images() -> None:
-    text = ("ARG RUST=1.80\nFROM rust:${RUST} AS build\nFROM --platform=$BUILDPLATFORM node:20 as web\n"
-            "FROM scratch AS assets\nFROM gcr.io/distroless/cc@sha256:abc\nCOPY --from=build /x /x\nFROM build\n")
-    assert dockerfile_base_images(text) == ["rust:1.80", "node:20", "gcr.io/distroless/cc@sha256:abc"]
-    assert dockerfile_base_images(text, {"RUST": "1.81"})[0] == "rust:1.81"
