@@ -5,15 +5,14 @@ leads somewhere. Files are read, nothing is started (unit tests)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from acci_ops import settings as model
 from acci_ops.settings import load_settings
+from acci_ops_tests.fixtures.docs import generator as _generator
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -21,15 +20,6 @@ PAGES = sorted([REPO / "README.md", REPO / "deploy" / "README.md", REPO / "bench
                 *DOCS.rglob("*.md")])
 
 
-def _generator():
-    """scripts/ is not a package: load gen_configuration.py from its file (registered as a module
-    first, as its dataclasses need)."""
-    if "gen_configuration" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("gen_configuration", REPO / "scripts" / "gen_configuration.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["gen_configuration"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["gen_configuration"]
 
 
 def _model_variables() -> dict[str, str]:

@@ -6,7 +6,6 @@ worked example of docs/development.md "Adding a settings section", run as writte
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 import sys
 import types
@@ -18,19 +17,12 @@ import pytest
 from acci_ops import settings as model
 from acci_ops.lib.core.errors import ConfigError
 from acci_ops.settings import Section, load_settings, register, registered, setting, unregister
+from acci_ops_tests.fixtures.docs import generator as _generator
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_MODULE = "acci_ops_tests_releases_example"
 
 
-def _generator() -> types.ModuleType:
-    """scripts/ is not a package: gen_configuration.py loaded from its file (as test_docs.py does)."""
-    if "gen_configuration" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("gen_configuration", REPO / "scripts" / "gen_configuration.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["gen_configuration"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["gen_configuration"]
 
 
 def _example_source() -> str:

@@ -122,8 +122,10 @@ def test_a_failing_item_is_logged_and_the_rest_goes_on(tools: ContainerTools) ->
     """A build directory holding an immutable file (chattr +i: not even root may delete it)."""
     stuck = _mkdir(tools.base / "build-0123456789abcdef")
     (stuck / "held").write_text("x")
-    if subprocess.run(["chattr", "+i", str(stuck / "held")], capture_output=True).returncode != 0:
-        pytest.skip("chattr +i is not possible here")
+    made = subprocess.run(["chattr", "+i", str(stuck / "held")], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.fail("chattr +i failed (the test needs root and a temp directory on ext4/xfs, not tmpfs): "
+                    f"{made.stderr.strip()}")
     try:
         other = _mkdir(tools.base / "build-fedcba9876543210")
         age(stuck)
