@@ -81,7 +81,7 @@ def main() -> int:
             assert report.pushed, report.message
             local = LocalIndex(base / f"ops-{n}-work" / "oci", report.index_digest or "", {})
             started = time.monotonic()
-            smoke = smoke_test(tools, local.oci_dir, SmokeConfig(command=("-p", "127.0.0.1:{port}")))
+            smoke = smoke_test(tools, local.oci_dir, SmokeConfig())
             policy = image_policy(local.oci_dir, PolicyConfig(dockerfile=base / f"ops-{n}-work" / "src" / "Dockerfile"))
             sbom_document(local.oci_dir)
             rows["checks"].append(time.monotonic() - started)
