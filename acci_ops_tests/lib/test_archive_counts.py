@@ -75,10 +75,12 @@ def pg_dump_bytes(pg_server, *extra: str) -> bytes:
     return subprocess.run(argv, check=True, capture_output=True).stdout
 
 
-@pytest.mark.parametrize("piece", [1, 7, 4096, 1 << 20])
-def test_counts_from_the_archive_equal_count_star(pg_server, hard_db, piece):
+@pytest.mark.parametrize(("piece", "batch"), [(1, 0), (7, 0), (4096, 0), (1 << 20, 0), (4096, 256 * 1024),
+                                              (7, 100_003)])
+def test_counts_from_the_archive_equal_count_star(pg_server, hard_db, piece, batch):
+    """Whatever size the reads are, parsed as they come or gathered first, the counts are count(*)."""
     data = pg_dump_bytes(pg_server, "--compress=0")
-    counts = count_archive(data, piece)
+    counts = count_archive(data, piece, batch)
     expected, large_objects = server_counts(hard_db)
     assert counts.error is None
     assert {k: v for k, v in counts.rows.items() if k in expected} == expected
@@ -103,7 +105,7 @@ def test_the_vectorized_pass_counts_what_the_walk_counts_and_does_most_of_the_wo
         return end
 
     monkeypatch.setattr(ArchiveRowCounter, "_vector_chunks", spy)
-    vectorized = count_archive(data)
+    vectorized = count_archive(data)  # 1 MiB pieces
     monkeypatch.setattr(archive_counts, "VECTOR_MIN_BYTES", 1 << 62)
     walked = count_archive(data)
     assert vectorized.error is None and walked.error is None
@@ -122,7 +124,7 @@ def test_damaged_or_foreign_streams_give_a_reason_not_an_exception(pg_server, ha
         "unknown data block type": data[:-1] + b"",  # replaced below
     }
     # Damage the first data block's type byte: find it right after the TOC by parsing a copy.
-    counter = ArchiveRowCounter()
+    counter = ArchiveRowCounter(batch_bytes=0)
     cut = 0
     while counter._toc_reader is not None:  # noqa: SLF001 - the test needs the TOC's end
         counter.feed(data[cut:cut + 1])
