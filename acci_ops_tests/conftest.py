@@ -17,5 +17,6 @@ pytest_plugins = [
     "acci_ops_tests.fixtures.image_defs",
     "acci_ops_tests.fixtures.fake_registry",
     "acci_ops_tests.fixtures.git_http",
+    "acci_ops_tests.fixtures.release_servers",
     "acci_ops_tests.fixtures.markers",
 ]

@@ -25,6 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "platform": {"core", "postgres"},
     "dr": {"core", "storage", "postgres", "backup", "validation", "platform"},
     "images": {"core", "postgres"},
+    # Releases reuse DR's probes and the platform backends, and sign their records with the backup keyring.
+    "releases": {"core", "storage", "postgres", "backup", "platform", "dr"},
 }
 FORBIDDEN_PREFIXES = ("dagster", "acci_ops.defs", "acci_ops.dev", "acci_ops_tests", "acci_ops.settings",
                       "acci_ops.definitions")
