@@ -71,7 +71,8 @@ def test_every_section_and_every_variable_of_the_model_is_in_the_reference():
 
 def test_every_environments_file_key_is_in_the_reference():
     reference = (DOCS / "configuration.md").read_text()
-    keys = set(model.ENVIRONMENT_KEYS) - {"validation", "dr", "offsite", "retention"}
+    keys = set(model.ENVIRONMENT_KEYS) - {"validation", "dr", "offsite", "retention", "releases"}
+    keys |= {f"releases.{k}" for k in model.file_keys(model.ReleasesSpec)}
     keys |= {f"validation.{k}" for k in model.file_keys(model.ValidationSpec, exclude=model.VALIDATION_TOP_LEVEL_KEYS)}
     keys |= {f"dr.{k}" for k in model.file_keys(model.DrSpec)}
     keys |= {f"offsite.{k}" for k in model.file_keys(model.OffsiteSpec)}

@@ -46,15 +46,18 @@ COMMAND = "python scripts/gen_configuration.py"
 # Headings and the page that explains each section; a section not named here still renders
 # (titled after its field), so these only make the page read better.
 TITLES = {"backup": "Backups", "offsite": "Offsite copies", "validation": "Backup validation",
-          "dr": "Disaster recovery and drills", "alerts": "Alerts", "images": "Image builds"}
+          "dr": "Disaster recovery and drills", "alerts": "Alerts", "images": "Image builds",
+          "releases": "Releases", "promotion": "Promotion order"}
 PAGES = {"backup": "backups.md", "offsite": "backups.md#offsite-copies", "validation": "backups.md#backup-validation",
-         "dr": "disaster-recovery.md", "alerts": "alerts.md", "images": "images.md"}
+         "dr": "disaster-recovery.md", "alerts": "alerts.md", "images": "images.md",
+         "releases": "releases.md", "promotion": "releases.md#promotion"}
 # What turns a section on; without it the section's settings are read but nothing uses them.
 TURNED_ON_BY = {
     "offsite": "On when `ACCI_OFFSITE_URL` is set (in the file: an environment's `offsite:`).",
     "validation": "On when `ACCI_SCRATCH_DATABASE_URL` is set (in the file: `scratch_database_url_env`, "
                   "or the variable as its default).",
     "dr": "On when `ACCI_PLATFORM` is set (in the file: an environment's `dr:`); drills also need validation.",
+    "releases": "Used by the environments whose DR section names a helm or compose platform.",
     "images": "On when both `ACCI_SOURCE_REPO` and `ACCI_IMAGE_REPOSITORY` are set; one without the other "
               "stops the code location from loading.",
 }
@@ -64,9 +67,13 @@ LOADER_VARIABLES = {("backup", "database_url_env"): "ACCI_DATABASE_URL",
 # Fields nobody sets: the loader derives them.
 DERIVED = {("backup", "backup_url_scheme"): "the scheme of `ACCI_BACKUP_URL`"}
 # Fields the environments file sets while the variables reach them through another field.
-FILE_ONLY = {("backup", "backup_url"): "without a file: `ACCI_BACKUP_URL` (the row below)"}
+FILE_ONLY = {("backup", "backup_url"): "without a file: `ACCI_BACKUP_URL` (the row below)",
+             ("releases", "analysis"): "without a file: the `ACCI_RELEASE_ANALYSIS_*` and threshold rows",
+             ("releases", "windows"): "without a file: `ACCI_RELEASE_ALLOW_WINDOWS` / `ACCI_RELEASE_DENY_WINDOWS`"}
 # A default that means something else when its variable is unset: the variable turns the section on.
-DEFAULT_NOTES = {("dr", "platform"): "unset: DR off (a file's `dr:` without `platform`: `local`)"}
+DEFAULT_NOTES = {("dr", "platform"): "unset: DR off (a file's `dr:` without `platform`: `local`)",
+                 ("releases", "analysis"): "6 measurements 10 s apart: /health, 5xx ratio, p95 latency",
+                 ("releases", "windows"): "none: always open"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,9 @@ from typing import Protocol, runtime_checkable
 import dagster as dg
 
 from acci_ops.defs._shared import asset_key
+from acci_ops.lib.backup.dump import BackupSettings
 from acci_ops.lib.backup.signing import Keyring
+from acci_ops.lib.images.pipeline import ImageSettings
 from acci_ops.lib.postgres.urls import DatabaseTarget
 from acci_ops.lib.storage.objectstore import ObjectStore
 from acci_ops.settings import EnvironmentSpec, Settings
@@ -27,6 +29,9 @@ StepContext = dg.OpExecutionContext | dg.AssetExecutionContext | dg.AssetCheckEx
 BACKUP_ASSET = "db_backup"  # defs/backups; validation's restore check is a check of this asset
 VALIDATED_ASSET = "db_backup_validated"  # defs/validation; DR's drill restores the backup it names
 BACKUPS_GROUP = "backups"  # nightly_backup materializes this group: backup, validated and offsite assets
+IMAGE_ASSET = dg.AssetKey("acci_image")  # defs/images; releases deploy the image a version's build pushed
+VERSIONS_PARTITIONS = "acci_versions"  # defs/images adds a partition per version; releases share it
+IMAGES_RESOURCE = "acci_images"  # defs/images' resource; releases read the registry through it
 
 
 def backup_asset_key(spec: EnvironmentSpec, settings: Settings) -> dg.AssetKey:
@@ -54,6 +59,16 @@ class BackupEnvironment(Protocol):
     def keyring(self) -> Keyring | None: ...
 
     def keyring_or_warn(self, context: StepContext) -> Keyring | None: ...
+
+    def backup_settings(self) -> BackupSettings: ...
+
+
+@runtime_checkable
+class ImageRegistryAccess(Protocol):
+    """The images resource (``acci_images``, defs/images) as releases use it: the registry the
+    versions were pushed to, with its credentials."""
+
+    def image_settings(self) -> ImageSettings: ...
 
 
 @runtime_checkable

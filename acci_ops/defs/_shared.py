@@ -17,7 +17,7 @@ starts and never appear in the definitions, the UI or run config.
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import MISSING, fields, is_dataclass
 from datetime import date
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import dagster as dg
 from pydantic import Field, create_model
 
-from acci_ops.lib.core.errors import AcciOpsError, TransientError
+from acci_ops.lib.core.errors import AcciOpsError, ConfigError, TransientError
 from acci_ops.settings import EnvironmentSpec, Settings, base_type
 
 T = TypeVar("T")
@@ -153,3 +153,40 @@ def _values(spec: object) -> dict[str, object]:
 def resource_from_spec(resource_cls: type[T], spec: object, **extra: object) -> T:
     """Fill a ``spec_resource`` class from a settings section; secrets stay ``EnvVar`` references."""
     return resource_cls(**extra, **_values(spec))
+
+
+# --- resources: fixed copies for guarded jobs ------------------------------------------------------
+
+def fixed_resource(resource: dg.ConfigurableResource) -> dg.ResourceDefinition:
+    """``resource`` as the code location configured it, with an empty config schema: a Launchpad
+    cannot change it (any ``resources: {key: {config: ...}}`` entry is a config error, so a tired
+    person cannot switch ``platform`` or a URL by accident). Its ``EnvVar`` references are still
+    read when the run starts, never stored in the definitions or the run config."""
+    def initialize(_context: dg.InitResourceContext) -> Iterator[object]:
+        # The context manager form: process_config_and_initialize() enters a throwaway Dagster
+        # instance and never leaves it, which left a dead instance current for later code.
+        with resource.process_config_and_initialize_cm() as value:
+            yield value
+
+    return dg.ResourceDefinition(
+        resource_fn=initialize,
+        config_schema={},
+        description=(f"{type(resource).__name__}: from the code location's settings (ACCI_* variables or the "
+                     "environments file); not editable here."),
+    )
+
+
+def fixed_resources(resources: Mapping[str, object]) -> dict[str, dg.ResourceDefinition]:
+    """``resources`` (every resource of the code location, by key, as ``acci_ops/definitions.py``
+    hands them to the domains built last), fixed, for a job whose Launchpad must not offer
+    resource config (disaster_recovery, release, rollback_release). Job-level resources take
+    precedence over the Definitions-level ones with the same key, so none of them can be edited
+    there; a new domain's resources arrive here without any change to the guarded jobs."""
+    fixed = {}
+    for key, resource in sorted(resources.items()):
+        if not isinstance(resource, dg.ConfigurableResource):
+            raise ConfigError(f"resource {key!r} is a {type(resource).__name__}, not a ConfigurableResource: "
+                              "a guarded job (disaster_recovery, release) cannot bind it as the code location "
+                              "configured it")
+        fixed[key] = fixed_resource(resource)
+    return fixed

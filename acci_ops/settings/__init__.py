@@ -36,7 +36,15 @@ import yaml
 
 from acci_ops.lib.core.errors import ConfigError
 from acci_ops.settings._fields import base_type, file_keys, load_section, setting, url_scheme
-from acci_ops.settings._registry import Section, complete, environment_keys, register, registered, unregister
+from acci_ops.settings._registry import (
+    Section,
+    complete,
+    environment_keys,
+    register,
+    registered,
+    top_level_keys,
+    unregister,
+)
 
 # The sections. Importing a section's module registers it, and the order here is the order the
 # configuration reference shows them in: adding a section is its module and one line here.
@@ -46,13 +54,15 @@ from acci_ops.settings.validation import VALIDATION_TOP_LEVEL_KEYS, ValidationSp
 from acci_ops.settings.dr import DEFAULT_COMPOSE_FILES, PLATFORMS, DrSpec
 from acci_ops.settings.alerts import AlertSpec
 from acci_ops.settings.images import BUILD_BACKENDS, CONTAINER_ENGINES, SCAN_SEVERITIES, ImagesSpec
+from acci_ops.settings.releases import PromotionSpec, ReleasesSpec
 # isort: on
 
 __all__ = [
     "BUILD_BACKENDS", "CONTAINER_ENGINES", "DEFAULT_COMPOSE_FILES", "DEFAULT_ENVIRONMENT", "DEFAULT_START_DATE",
     "DEFAULT_TIMEZONE", "ENVIRONMENT_KEYS", "PLATFORMS", "RETENTION_VARIABLES", "SCAN_SEVERITIES",
     "VALIDATION_TOP_LEVEL_KEYS", "AlertSpec", "BackupSpec", "DrSpec", "EnvironmentSpec", "ImagesSpec",
-    "OffsiteSpec", "Section", "Settings", "ValidationSpec", "base_type", "environment_keys", "file_keys",
+    "OffsiteSpec", "PromotionSpec", "ReleasesSpec", "Section", "Settings", "ValidationSpec", "base_type",
+    "environment_keys", "file_keys",
     "load_section", "load_settings", "parse_start_date", "register", "registered", "setting",
     "start_date_from", "unregister", "url_scheme",
 ]
@@ -193,6 +203,10 @@ def _read_file(path: str) -> dict:
         raise ConfigError(f"ACCI_ENVIRONMENTS_FILE {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("environments"), dict) or not doc["environments"]:
         raise ConfigError(f"ACCI_ENVIRONMENTS_FILE {path} must have a non-empty 'environments:' mapping")
+    unknown = sorted(str(k) for k in doc if k not in top_level_keys())
+    if unknown:
+        raise ConfigError(f"ACCI_ENVIRONMENTS_FILE {path} has unknown top-level key {unknown[0]!r}; allowed: "
+                          f"{', '.join(sorted(top_level_keys()))}")
     return doc
 
 
@@ -236,6 +250,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         return Settings(environments=(_environment_from_variables(environ),), timezone=tz, start_date=start,
                         **location)
     doc = _read_file(path)
+    location = {s.name: s.load_top_level(doc, path, environ) for s in registered(per_environment=False)}
     specs = tuple(_environment_from_file(name, body, path, environ) for name, body in doc["environments"].items())
     tz = _check_timezone(environ.get("ACCI_TIMEZONE", "").strip() or str(doc.get("timezone") or DEFAULT_TIMEZONE))
     settings = Settings(environments=specs, timezone=tz, start_date=start, from_file=path, **location)

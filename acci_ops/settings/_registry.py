@@ -21,6 +21,7 @@ FromFile = Callable[[Mapping[str, object], str, Mapping[str, str]], object]
 RESERVED = frozenset({"name", "environments", "timezone", "start_date", "from_file", "sections", "environment",
                       "validates"})
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+TOP_LEVEL_KEYS = frozenset({"environments", "timezone"})  # what load_settings reads from the file itself
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +34,9 @@ class Section:
       for the whole code location (from the variables only: the file cannot set it).
     - ``from_variables`` / ``from_file``: only for a section that is more than flat fields; by
       default every field comes from its ``var``, and in the file from the mapping under ``name``.
-    - ``file_keys``: the keys of an environment it reads (default: ``name``).
+    - ``file_keys``: the keys of an environment it reads (default: ``name``); for a location-wide
+      section, the top-level keys of the environments file it reads (default: none), each the name
+      of one of its fields (``promotion_order:``).
     - ``enabled_by``: a variable that turns the section on; until it is set (in the file: until the
       environment has the key) the section is None, and its checks do not run.
     - ``required``: an ``EnvironmentSpec`` cannot be built without it; else the default is
@@ -67,6 +70,16 @@ class Section:
             return load_section(self.spec, environ, {}, where=where, label=lambda k: f"{self.name}.{k}")
         return nested_from_file(self.spec, self.name, raw, where, environ)
 
+    def load_top_level(self, doc: Mapping[str, object], where: str, environ: Mapping[str, str]) -> object:
+        """A location-wide section with an environments file: its top-level keys there, else its
+        variables as without a file."""
+        if not self.file_keys:
+            return self.load_variables(environ)
+        raw = {key: doc[key] for key in self.file_keys if doc.get(key) is not None}
+        if not raw:
+            return self.load_variables(environ)
+        return load_section(self.spec, environ, raw, where=where)
+
     def keys(self) -> frozenset[str]:
         if not self.per_environment:
             return frozenset()
@@ -95,9 +108,15 @@ def register(section: Section) -> Section:
     bare = [f.name for f in dataclasses.fields(section.spec) if "help" not in f.metadata]
     if bare:
         raise ValueError(f"{what}: {section.spec.__name__}.{bare[0]} is not declared with setting(help=...)")
-    if not section.per_environment and (section.from_file or section.file_keys):
-        raise ValueError(f"{what} is for the whole code location: the environments file cannot set it "
-                         "(no from_file or file_keys)")
+    if not section.per_environment and section.from_file:
+        raise ValueError(f"{what} is for the whole code location: the environments file sets it only by "
+                         "top-level keys named after its fields (file_keys), not by from_file")
+    if not section.per_environment and section.file_keys:
+        names = {f.name for f in dataclasses.fields(section.spec)}
+        stray = sorted(section.file_keys - names)
+        if stray or section.file_keys & TOP_LEVEL_KEYS:
+            raise ValueError(f"{what}: top-level key {(stray or sorted(section.file_keys & TOP_LEVEL_KEYS))[0]!r} "
+                             "must be one of its fields and not a key the file already has")
     if section.required and section.enabled_by:
         raise ValueError(f"{what} cannot be both required and turned on by {section.enabled_by}")
     for other in _SECTIONS.values():
@@ -123,6 +142,11 @@ def registered(per_environment: bool | None = None) -> tuple[Section, ...]:
 def environment_keys() -> frozenset[str]:
     """Every key an environment in the environments file may have."""
     return frozenset().union(*(s.keys() for s in registered(per_environment=True)))
+
+
+def top_level_keys() -> frozenset[str]:
+    """Every top-level key the environments file may have."""
+    return TOP_LEVEL_KEYS.union(*(s.file_keys or () for s in registered(per_environment=False)))
 
 
 def complete(values: Mapping[str, object], *, per_environment: bool, owner: str) -> Mapping[str, object]:

@@ -87,6 +87,10 @@ class ImagesSpec:
               "from the container's start."))
     build_timeout_seconds: int = setting(3600, var="ACCI_IMAGE_BUILD_TIMEOUT_SECONDS", minimum=1,
                                          help="A build is stopped after this long.")
+    initial_builds: int = setting(3, var="ACCI_SOURCE_INITIAL_BUILDS", minimum=1,
+                                  help=("On source_tag_sensor's first tick (a fresh install), how many of the newest "
+                                        "release tags are built, so the first release has a previous good version "
+                                        "to roll back to."))
     tags_per_tick: int = setting(5, var="ACCI_SOURCE_TAGS_PER_TICK", minimum=1,
                                  help="Most new release tags source_tag_sensor turns into builds per tick.")
 

@@ -33,8 +33,8 @@ def test_module_entry_point_loads():
 EVERY_CAPABILITY = {
     "ACCI_OFFSITE_URL": "s3://offsite/acci",
     "ACCI_SCRATCH_DATABASE_URL": "postgresql://scratch@127.0.0.1:5432/postgres",
-    "ACCI_PLATFORM": "local",
-    "ACCI_LOCAL_APP_COMMAND": "acci-framework --port {port}",
+    "ACCI_PLATFORM": "compose",  # a release platform: every domain, releases included, is built
+    "ACCI_APP_URL": "http://127.0.0.1:8080",
     "ACCI_REDIS_URL": "redis://127.0.0.1:6379/0",
     "ACCI_DRILL_REDIS_URL": "redis://127.0.0.1:6379/1",
     "ACCI_SOURCE_REPO": "https://git.example.test/acci/framework.git",
@@ -55,14 +55,16 @@ def test_names_and_descriptions(monkeypatch):
     repo = defs.get_repository_def()
     jobs = {j.name: j for j in repo.get_all_jobs() if not j.name.startswith("__")}
     assert set(jobs) == {"nightly_backup", "backup_retention", "validate_backup", "scratch_cleanup",
-                         "dr_drill", "disaster_recovery", "build_image", "image_cleanup"}
+                         "dr_drill", "disaster_recovery", "build_image", "image_cleanup", "release",
+                         "rollback_release"}
     assert {s.name for s in repo.schedule_defs} == {
         "nightly_backup_schedule", "backup_retention_schedule", "scratch_cleanup_schedule",
         "dr_drill_schedule", "image_cleanup_schedule"}
     assert {s.name for s in repo.sensor_defs} == {"run_failure_alert_sensor", "backup_validation_sensor",
-                                                  "source_tag_sensor"}
+                                                  "source_tag_sensor", "release_production_on_new_image"}
     assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == {
-        "db_backup", "db_backup_offsite", "db_backup_validated", "dr_drill", "acci_image"}
+        "db_backup", "db_backup_offsite", "db_backup_validated", "dr_drill", "acci_image",
+        "acci_release"}
     for job in jobs.values():
         assert job.description, job.name
     for schedule in repo.schedule_defs:
@@ -266,8 +268,9 @@ def test_disaster_recovery_binds_the_resources_it_is_handed_as_fixed_copies():
                                      "resources": {"acci_releases": {"config": {"url": "http://elsewhere"}}}})
     with pytest.raises(ConfigError) as refused:
         dr.build_defs(settings, {**others, "acci_plain": dg.ResourceDefinition.hardcoded_resource("x")})
-    assert str(refused.value) == ("resource 'acci_plain' is a ResourceDefinition, not a ConfigurableResource: the "
-                                  "disaster_recovery job cannot bind it as the code location configured it")
+    assert str(refused.value) == ("resource 'acci_plain' is a ResourceDefinition, not a ConfigurableResource: a "
+                                  "guarded job (disaster_recovery, release) cannot bind it as the code location "
+                                  "configured it")
 
 
 def test_each_domain_builds_its_own_definitions(monkeypatch):
@@ -287,7 +290,8 @@ def test_each_domain_builds_its_own_definitions(monkeypatch):
         "nightly_backup": "backups", "backup_retention": "backups", "validate_backup": "validation",
         "scratch_cleanup": "validation", "backup_validation_sensor": "validation", "dr_drill": "dr",
         "disaster_recovery": "dr", "run_failure_alert_sensor": "alerts", "build_image": "images",
-        "image_cleanup": "images", "source_tag_sensor": "images"}
+        "image_cleanup": "images", "source_tag_sensor": "images", "release": "releases",
+        "rollback_release": "releases", "release_production_on_new_image": "releases"}
 
 
 def test_only_settings_reads_the_environment():

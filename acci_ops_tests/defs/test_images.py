@@ -162,7 +162,9 @@ def test_sensor_adds_tags_as_partitions_and_builds_new_ones(image_env, registry,
     sensor = defs.resolve_sensor_def("source_tag_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     first = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
-    assert [r.partition_key for r in first.run_requests] == ["1.4.0"]  # a fresh install builds only the newest
+    # A fresh install builds only the newest ACCI_SOURCE_INITIAL_BUILDS (3), oldest first: the first
+    # release then has earlier versions to roll back to.
+    assert [r.partition_key for r in first.run_requests] == ["1.2.0", "1.3.0", "1.4.0"]
     added = first.dynamic_partitions_requests[0].partition_keys
     assert sorted(added) == ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0"]
     instance.add_dynamic_partitions("acci_versions", list(added))
@@ -173,6 +175,16 @@ def test_sensor_adds_tags_as_partitions_and_builds_new_ones(image_env, registry,
     assert [r.partition_key for r in nxt.run_requests] == ["9.0.0"]
     assert nxt.run_requests[0].tags["acci/source_tag"] == "v9.0.0"
     assert nxt.dynamic_partitions_requests[0].partition_keys == ["9.0.0"]
+
+
+def test_sensor_first_tick_builds_as_many_as_initial_builds_says(image_env, registry, instance, tmp_path):
+    fixture_repo = create_fixture_repo(tmp_path / "acci-framework")
+    image_env.setenv("ACCI_SOURCE_REPO", fixture_repo.url)
+    image_env.setenv("ACCI_SOURCE_INITIAL_BUILDS", "1")
+    use_registry(image_env, registry, "defs/sensor-one")
+    defs = defs_from_env()
+    first = defs.resolve_sensor_def("source_tag_sensor")(dg.build_sensor_context(instance=instance, definitions=defs))
+    assert [r.partition_key for r in first.run_requests] == ["1.4.0"]
 
 
 def test_plan_tick_is_bounded_and_never_rebuilds_a_moved_tag():

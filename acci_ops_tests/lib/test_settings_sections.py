@@ -20,7 +20,7 @@ from acci_ops.settings import Section, load_settings, register, registered, sett
 from acci_ops_tests.fixtures.docs import generator as _generator
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE_MODULE = "acci_ops_tests_releases_example"
+EXAMPLE_MODULE = "acci_ops_tests_signoff_example"
 
 
 
@@ -32,7 +32,7 @@ def _example_source() -> str:
 
 
 @pytest.fixture
-def releases() -> Iterator[types.ModuleType]:
+def signoff() -> Iterator[types.ModuleType]:
     """The docs' example module, imported (which registers it); unregistered afterwards."""
     module = types.ModuleType(EXAMPLE_MODULE)
     sys.modules[EXAMPLE_MODULE] = module  # the dataclass's annotations resolve in its module
@@ -41,8 +41,8 @@ def releases() -> Iterator[types.ModuleType]:
         yield module
     finally:
         sys.modules.pop(EXAMPLE_MODULE, None)
-        if "releases" in {s.name for s in registered()}:
-            unregister("releases")
+        if "signoff" in {s.name for s in registered()}:
+            unregister("signoff")
 
 
 @pytest.fixture
@@ -60,28 +60,28 @@ def _file(tmp_path: Path, text: str) -> dict[str, str]:
     return {"ACCI_ENVIRONMENTS_FILE": str(path)}
 
 
-def test_the_worked_example_loads_from_the_variables(releases):
+def test_the_worked_example_loads_from_the_variables(signoff):
     spec = load_settings({}).environments[0]
-    assert spec.releases == releases.ReleasesSpec() and spec.releases.channel == "stable"
-    spec = load_settings({"ACCI_RELEASE_CHANNEL": "candidate", "ACCI_RELEASE_APPROVALS": "2",
-                          "ACCI_RELEASE_WEBHOOK_URL": "https://hooks.example.test/s3cr3t"}).environments[0]
-    assert (spec.releases.channel, spec.releases.approvals) == ("candidate", 2)
-    assert spec.releases.notify_url_env == "ACCI_RELEASE_WEBHOOK_URL"  # the name, never the secret
+    assert spec.signoff == signoff.SignoffSpec() and spec.signoff.channel == "stable"
+    spec = load_settings({"ACCI_SIGNOFF_CHANNEL": "candidate", "ACCI_SIGNOFF_APPROVALS": "2",
+                          "ACCI_SIGNOFF_WEBHOOK_URL": "https://hooks.example.test/s3cr3t"}).environments[0]
+    assert (spec.signoff.channel, spec.signoff.approvals) == ("candidate", 2)
+    assert spec.signoff.notify_url_env == "ACCI_SIGNOFF_WEBHOOK_URL"  # the name, never the secret
     with pytest.raises(ConfigError) as failure:
-        load_settings({"ACCI_RELEASE_APPROVALS": "two"})
-    assert str(failure.value) == "ACCI_RELEASE_APPROVALS='two' must be a whole number"
+        load_settings({"ACCI_SIGNOFF_APPROVALS": "two"})
+    assert str(failure.value) == "ACCI_SIGNOFF_APPROVALS='two' must be a whole number"
     with pytest.raises(ConfigError) as failure:
-        load_settings({"ACCI_RELEASE_CHANNEL": "nightly"})
-    assert str(failure.value) == "ACCI_RELEASE_CHANNEL='nightly' must be one of stable, candidate"
+        load_settings({"ACCI_SIGNOFF_CHANNEL": "nightly"})
+    assert str(failure.value) == "ACCI_SIGNOFF_CHANNEL='nightly' must be one of stable, candidate"
 
 
-def test_the_worked_example_loads_from_the_environments_file(releases, tmp_path):
+def test_the_worked_example_loads_from_the_environments_file(signoff, tmp_path):
     environ = _file(tmp_path, "environments:\n"
                               "  staging:\n    database_url_env: STAGING_DB\n    backup_url: s3://b/staging\n"
-                              "    releases: {channel: candidate, approvals: 2, notify_url_env: STAGING_HOOK}\n"
+                              "    signoff: {channel: candidate, approvals: 2, notify_url_env: STAGING_HOOK}\n"
                               "  production:\n    database_url_env: PROD_DB\n    backup_url: s3://b/prod\n")
-    loaded = load_settings({**environ, "ACCI_RELEASE_HELM_TIMEOUT_SECONDS": "900", "ACCI_RELEASE_APPROVALS": "5"})
-    staging, production = loaded.environment("staging").releases, loaded.environment("production").releases
+    loaded = load_settings({**environ, "ACCI_SIGNOFF_HELM_TIMEOUT_SECONDS": "900", "ACCI_SIGNOFF_APPROVALS": "5"})
+    staging, production = loaded.environment("staging").signoff, loaded.environment("production").signoff
     assert (staging.channel, staging.approvals, staging.notify_url_env) == ("candidate", 2, "STAGING_HOOK")
     # Not set in the file: the default, except an `inherit` field, whose variable is the default.
     assert (production.channel, production.approvals, production.notify_url_env) == ("stable", 1, None)
@@ -89,17 +89,17 @@ def test_the_worked_example_loads_from_the_environments_file(releases, tmp_path)
 
 
 @pytest.mark.parametrize(("releases_yaml", "expected"), [
-    ("{chanel: candidate}", "releases in {path} environment 'prod' has unknown keys ['chanel']"),
-    ("candidate", "releases in {path} environment 'prod' must be a mapping"),
-    ("{approvals: two}", "{path} environment 'prod': releases.approvals must be a whole number, not 'two'"),
+    ("{chanel: candidate}", "signoff in {path} environment 'prod' has unknown keys ['chanel']"),
+    ("candidate", "signoff in {path} environment 'prod' must be a mapping"),
+    ("{approvals: two}", "{path} environment 'prod': signoff.approvals must be a whole number, not 'two'"),
     ("{notify_url_env: 'https://hooks.example.test/s3cr3t'}",
-     "{path} environment 'prod': releases.notify_url_env must be the NAME of an environment variable holding "
+     "{path} environment 'prod': signoff.notify_url_env must be the NAME of an environment variable holding "
      "the value, not the value itself (letters, digits and _, not starting with a digit, e.g. "
      "PRODUCTION_DATABASE_URL; the value given is not shown, as it may be a secret)"),
 ])
-def test_a_bad_value_of_the_worked_example_in_the_file_is_one_line(releases, tmp_path, releases_yaml, expected):
+def test_a_bad_value_of_the_worked_example_in_the_file_is_one_line(signoff, tmp_path, releases_yaml, expected):
     environ = _file(tmp_path, "environments:\n  prod:\n    database_url_env: PROD_DB\n    backup_url: s3://b/p\n"
-                              f"    releases: {releases_yaml}\n")
+                              f"    signoff: {releases_yaml}\n")
     with pytest.raises(ConfigError) as failure:
         load_settings(environ)
     assert str(failure.value) == expected.format(path=environ["ACCI_ENVIRONMENTS_FILE"])
@@ -109,30 +109,30 @@ def test_without_its_registration_the_section_does_not_exist(tmp_path):
     """What the tests above see comes from the registration alone: before it (and after
     unregistering) the file's key is refused and no environment has the attribute."""
     environ = _file(tmp_path, "environments:\n  prod:\n    database_url_env: PROD_DB\n    backup_url: s3://b/p\n"
-                              "    releases: {channel: candidate}\n")
-    with pytest.raises(ConfigError, match=r"environment 'prod' has unknown keys \['releases'\]; allowed: "):
+                              "    signoff: {channel: candidate}\n")
+    with pytest.raises(ConfigError, match=r"environment 'prod' has unknown keys \['signoff'\]; allowed: "):
         load_settings(environ)
-    with pytest.raises(AttributeError, match="EnvironmentSpec has no attribute or section 'releases'"):
-        _ = load_settings({}).environments[0].releases
-    assert "releases" not in _generator().render()
+    with pytest.raises(AttributeError, match="EnvironmentSpec has no attribute or section 'signoff'"):
+        _ = load_settings({}).environments[0].signoff
+    assert "signoff" not in _generator().render()
 
 
-def test_the_worked_example_is_in_the_generated_reference_and_leaves_it_after(releases):
+def test_the_worked_example_is_in_the_generated_reference_and_leaves_it_after(signoff):
     generator = _generator()
     rendered = generator.render()
-    table = rendered[rendered.index("\n## releases\n"):]
-    assert table.startswith("\n## releases\n\n`ReleasesSpec`: Which image versions are released to an environment, "
-                            "and how. Per environment.\n")
-    assert ("| `ACCI_RELEASE_CHANNEL` | `stable` | `releases.channel` | one of `stable`, `candidate` | Which tags "
+    table = rendered[rendered.index("\n## signoff\n"):]
+    assert table.startswith("\n## signoff\n\n`SignoffSpec`: Which image versions are released to an environment, "
+                            "and who signs off. Per environment.\n")
+    assert ("| `ACCI_SIGNOFF_CHANNEL` | `stable` | `signoff.channel` | one of `stable`, `candidate` | Which tags "
             "this environment receives: stable (vX.Y.Z) or candidate (-rcN too). |") in table
-    assert "| `ACCI_RELEASE_WEBHOOK_URL` · secret | unset | `releases.notify_url_env` (names the variable) |" in table
-    assert ("| `ACCI_RELEASE_HELM_TIMEOUT_SECONDS` | `600` | `releases.helm_timeout_seconds`; the variable is the "
+    assert "| `ACCI_SIGNOFF_WEBHOOK_URL` · secret | unset | `signoff.notify_url_env` (names the variable) |" in table
+    assert ("| `ACCI_SIGNOFF_HELM_TIMEOUT_SECONDS` | `600` | `signoff.helm_timeout_seconds`; the variable is the "
             "default | at least 1 |") in table
-    assert "[releases](#releases)" in rendered  # the list of sections at the top
+    assert "[signoff](#signoff)" in rendered  # the list of sections at the top
     # Per-environment sections come before the location-wide ones, whatever the registration order.
-    assert rendered.index("\n## Disaster recovery and drills\n") < rendered.index("\n## releases\n") < rendered.index(
+    assert rendered.index("\n## Disaster recovery and drills\n") < rendered.index("\n## signoff\n") < rendered.index(
         "\n## Alerts\n")
-    unregister("releases")
+    unregister("signoff")
     assert generator.render() == (REPO / "docs" / "configuration.md").read_text()
 
 
@@ -195,22 +195,27 @@ def test_settings_and_environments_are_built_by_keyword_and_refuse_unknown_secti
     with pytest.raises(TypeError):
         Settings((spec,))  # no positional construction
     with pytest.raises(TypeError, match=r"^EnvironmentSpec has no section 'backups'; its sections: backup, "
-                                        r"validation, dr$"):
+                                        r"validation, dr, releases$"):
         EnvironmentSpec(name="prod", backups=backup)
     with pytest.raises(TypeError, match=r"^EnvironmentSpec needs the backup section$"):
         EnvironmentSpec(name="prod")
-    with pytest.raises(TypeError, match=r"^Settings has no section 'image'; its sections: alerts, images$"):
+    with pytest.raises(TypeError, match=r"^Settings has no section 'image'; its sections: alerts, images, promotion$"):
         Settings(environments=(spec,), image=model.ImagesSpec())
+
+
+COMPANIONS = {"promotion": "releases"}
 
 
 def test_each_built_in_section_is_registered_by_its_one_import_line():
     """The registry is what loading, the two holders and the reference walk; the package's
     __init__ adds each built-in section with one import of its module."""
     init = (REPO / "acci_ops" / "settings" / "__init__.py").read_text()
-    assert [s.name for s in registered()] == ["backup", "validation", "dr", "alerts", "images"]
+    assert [s.name for s in registered()] == ["backup", "validation", "dr", "alerts", "images", "releases",
+                                            "promotion"]
     for registration in registered():
         module = registration.spec.__module__
-        assert module == f"acci_ops.settings.{registration.name}"
+        # A module may register a companion section (releases registers promotion, its order).
+        assert module == f"acci_ops.settings.{COMPANIONS.get(registration.name, registration.name)}"
         assert len(re.findall(rf"^from {re.escape(module)} import ", init, re.M)) == 1, module
     assert model.ENVIRONMENT_KEYS == frozenset().union(*(s.keys() for s in registered(per_environment=True)))
 
@@ -245,8 +250,8 @@ class _BareSpec:
     (Section(name="knobs", spec=_BareSpec, per_environment=True),
      "settings section 'knobs': _BareSpec.knob is not declared with setting(help=...)"),
     (Section(name="knobs", spec=_GoodSpec, per_environment=False, file_keys=frozenset({"knobs"})),
-     "settings section 'knobs' is for the whole code location: the environments file cannot set it "
-     "(no from_file or file_keys)"),
+     "settings section 'knobs': top-level key 'knobs' must be one of its fields and not a key the file "
+     "already has"),
     (Section(name="knobs", spec=_GoodSpec, per_environment=True, file_keys=frozenset({"knobs", "sse"})),
      "settings section 'knobs': environments file key 'sse' is already read by section 'backup'"),
     (Section(name="knobs", spec=_GoodSpec, per_environment=True, required=True, enabled_by="ACCI_TEST_KNOB"),
@@ -262,5 +267,5 @@ def test_a_mistaken_registration_is_refused_in_one_line(registration, expected):
 
 def test_unregistering_an_unknown_section_is_one_line():
     with pytest.raises(ValueError) as failure:
-        unregister("releases")
-    assert str(failure.value) == "settings section 'releases' is not registered"
+        unregister("signoff")
+    assert str(failure.value) == "settings section 'signoff' is not registered"

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from acci_ops.defs._shared import resource_key
+from acci_ops.defs._shared import fixed_resources, resource_key
 from acci_ops.defs.dr.jobs import build_drill_asset, build_drill_job, build_drill_schedule, build_recovery_job
-from acci_ops.defs.dr.resources import dr_resource, fixed_resources
+from acci_ops.defs.dr.resources import dr_resource
 from acci_ops.settings import Settings
 
 

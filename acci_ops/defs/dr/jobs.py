@@ -8,8 +8,8 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from pydantic import Field
 
 from acci_ops.defs._contracts import BackupEnvironment, Notifier, validated_asset_key
+from acci_ops.defs._launchpad import NonBlankString, environment_enum
 from acci_ops.defs._shared import asset_key, resource_keys, section_resource
-from acci_ops.defs.dr.config import NonBlankString, environment_enum
 from acci_ops.defs.dr.plans import Plan, check_confirmation, environment_spec, plan_drill, plan_recovery
 from acci_ops.lib.core.steps import human_duration
 from acci_ops.lib.dr.procedures import ProcedureReport, run_drill, run_recovery, store_procedure_report
@@ -190,7 +190,7 @@ def build_recovery_job(specs: list[EnvironmentSpec], settings: Settings,
            config_schema=config_schema, description="Guarded: restores production from a backup.")
     def recover_environment(context: dg.OpExecutionContext) -> None:
         # A plain config schema, not a dg.Config: its types refuse blank answers before the run
-        # exists (acci_ops/defs/dr/config.py); a pydantic validator would only run in here.
+        # exists (acci_ops/defs/_launchpad.py); a pydantic validator would only run in here.
         config = RecoveryAnswers(**context.op_config)
         check_confirmation(config.environment, config.confirm, config.operator)
         spec = environment_spec(settings, config.environment, needs_dr=True)

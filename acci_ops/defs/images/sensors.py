@@ -32,10 +32,11 @@ def tag_problems(tags: list[SourceTag]) -> dict[str, str]:
 
 
 def plan_tick(tags: list[SourceTag], seen: dict[str, str], known: set[str], first_tick: bool,
-              limit: int) -> tuple[list[SourceTag], list[str], dict[str, str]]:
+              limit: int, initial: int = 1) -> tuple[list[SourceTag], list[str], dict[str, str]]:
     """(tags to build now, warnings, new cursor). Oldest new version first, at most ``limit``. On
     the very first tick (empty cursor) every existing tag becomes a partition but only the newest
-    is built: a fresh install must not queue years of history. A tag that moved to another commit
+    ``initial`` are built (oldest of them first): a fresh install must not queue years of history,
+    yet its first release needs an earlier good version to roll back to. A tag that moved to another commit
     is reported, never rebuilt: versions are immutable. A tag whose version cannot be a partition
     and an image tag (``v1.²``, ``v1.2.0+build.5``), or two tags naming one version (``v1.2.0`` and
     ``1.2.0`` under the pattern ``*``), is skipped with a warning: one bad tag never stops a tick."""
@@ -49,8 +50,8 @@ def plan_tick(tags: list[SourceTag], seen: dict[str, str], known: set[str], firs
     bad = [t for t in fresh if t.version in problems]
     warnings += [f"tag {t.tag} skipped: {problems[t.version]}" for t in bad]
     fresh = [t for t in fresh if t not in bad]
-    if first_tick and len(fresh) > 1:
-        build = fresh[-1:]
+    if first_tick and len(fresh) > initial:
+        build = fresh[-initial:]
     else:
         build = fresh[:limit]
     cursor = dict(seen)
@@ -72,7 +73,8 @@ def build_source_tag_sensor(spec: ImagesSpec, job: dg.UnresolvedAssetJobDefiniti
             f"Every {SENSOR_INTERVAL_SECONDS // 60} min, lists the release tags ({spec.source_tag_pattern}) of "
             "ACCI_SOURCE_REPO. Each new tag becomes a partition of acci_versions (version = tag without its "
             f"leading v) and a build_image run, oldest first, at most {spec.tags_per_tick} per tick. On its first "
-            "tick it adds every existing tag but builds only the newest. A tag that moves to another commit is "
+            "tick it adds every existing tag but builds only the newest "
+            f"{spec.initial_builds} (ACCI_SOURCE_INITIAL_BUILDS). A tag that moves to another commit is "
             "reported and never rebuilt."
         ),
     )
@@ -89,7 +91,8 @@ def build_source_tag_sensor(spec: ImagesSpec, job: dg.UnresolvedAssetJobDefiniti
             context.log.error(f"cannot list release tags: {exc}")
             return dg.SkipReason(f"cannot list release tags: {exc}")
         known = set(context.instance.get_dynamic_partitions(ACCI_VERSIONS.name))
-        build, warnings, cursor = plan_tick(tags, seen, known, not context.cursor, spec.tags_per_tick)
+        build, warnings, cursor = plan_tick(tags, seen, known, not context.cursor, spec.tags_per_tick,
+                                            spec.initial_builds)
         for warning in warnings:
             context.log.warning(warning)
         unusable = set(tag_problems(tags))

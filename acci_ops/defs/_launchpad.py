@@ -10,7 +10,7 @@ run. So: the environment is a ``dg.Enum`` of the declared names (the Launchpad m
 at once), and typed answers are ``NonBlankString``, whose ``post_process`` refuses '' and blanks.
 
 ``NonBlankString`` subclasses ``dagster._config.ConfigScalar`` (not public API; dagster is pinned
-in pyproject.toml, and ``test_dr_launchpad`` fails if an upgrade changes the behaviour).
+in pyproject.toml, and ``test_dr_launchpad`` and the release Launchpad tests fail if an upgrade changes the behaviour).
 """
 
 from __future__ import annotations

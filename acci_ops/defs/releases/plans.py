@@ -1,0 +1,123 @@
+"""What a release or rollback will do, decided before anything is deployed.
+
+Every check a Launchpad answer, a registry answer or the ledger must pass is here, apart from the
+ops, and each refusal is a ``dg.Failure`` with one line raised before the deployer is called, so
+"nothing was deployed" is true whenever one of these fails.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from acci_ops.defs._contracts import IMAGE_ASSET, BackupEnvironment, ImageRegistryAccess, StepContext
+from acci_ops.defs._shared import engine_errors, section_resource
+from acci_ops.lib.core.errors import AcciOpsError
+from acci_ops.lib.images.registry import Registry
+from acci_ops.lib.platform.backends import AppRuntime, ComposePlatform, HelmPlatform
+from acci_ops.lib.releases.compose_release import ComposeRelease
+from acci_ops.lib.releases.deployers import ReleaseTarget, parse_image_ref
+from acci_ops.lib.releases.flow import is_breaking
+from acci_ops.lib.releases.helm_release import HelmRelease
+from acci_ops.lib.releases.ledger import ReleaseLedger
+from acci_ops.lib.releases.policy import check_promotion_order
+from acci_ops.settings import EnvironmentSpec, Settings
+
+RELEASE_PLATFORMS = ("helm", "compose")
+VERSIONS = "acci_versions"
+
+
+def releasable(settings: Settings) -> list[EnvironmentSpec]:
+    """The environments releases deploy to: those whose DR section names helm or compose."""
+    return [spec for spec in settings.environments if spec.dr and spec.dr.platform in RELEASE_PLATFORMS]
+
+
+def promotion_order(settings: Settings, names: list[str]) -> tuple[str, ...]:
+    """The declared order (``promotion_order``), else the order the environments are declared in,
+    limited to the environments that release. A name this code location does not serve is refused
+    when the settings load, not skipped: skipping it would let a version reach production unverified."""
+    declared = settings.promotion.promotion_order
+    if declared is None:
+        return tuple(names)
+    return check_promotion_order(list(declared), names, "promotion_order (ACCI_PROMOTION_ORDER or the file's "
+                                                        "top-level promotion_order)")
+
+
+@dataclass(frozen=True)
+class Image:
+    """A version's image as its build recorded it and the registry serves it now."""
+
+    version: str
+    image_ref: str
+    labels: dict[str, str]
+
+    @property
+    def breaking(self) -> bool:
+        return is_breaking(self.labels)
+
+
+def built_image(context: StepContext, version: str) -> str:
+    """The ``repo@sha256:...`` the version's build pushed (its latest acci_image materialization)."""
+    instance = context.instance
+    if version not in instance.get_dynamic_partitions(VERSIONS):
+        known = instance.get_dynamic_partitions(VERSIONS)
+        shown = ", ".join(sorted(known)[-8:]) or "none yet"
+        raise dg.Failure(description=f"unknown version {version!r}: it is not a partition of {VERSIONS} "
+                                     f"(newest known: {shown}); nothing was deployed")
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=IMAGE_ASSET, asset_partitions=[version]), limit=1).records
+    materialization = records[0].asset_materialization if records else None
+    if materialization is None:
+        raise dg.Failure(description=(
+            f"version {version} has no pushed image: its build_image run failed its checks or never ran (an "
+            "image is pushed only after every blocking check passed); nothing was deployed"))
+    entry = materialization.metadata.get("image_ref")
+    value = getattr(entry, "value", entry)
+    with engine_errors(f"version {version}: the image_ref its build recorded is unusable: "):
+        return str(parse_image_ref(value, "recorded image_ref"))
+
+
+def registry_image(images: ImageRegistryAccess, version: str, image_ref: str) -> Image:
+    """Check the registry still serves the digest (deploying a digest it lost would fail half-way)
+    and read its labels (``io.acci.migrations``)."""
+    ref = parse_image_ref(image_ref)
+    with engine_errors(f"registry check of {version}: "):
+        settings = images.image_settings()
+        registry = Registry(ref.repository, settings.username, settings.password, settings.tls_verify)
+        if registry.get_manifest(ref.digest) is None:
+            raise AcciOpsError(f"the registry does not serve {image_ref} (deleted or garbage-collected); rebuild "
+                               f"{version} with build_image (force: true) and release again; nothing was deployed")
+        labels = registry.labels(ref.digest)
+    return Image(version, image_ref, labels)
+
+
+def deployer(context: StepContext, spec: EnvironmentSpec, timeout_seconds: int) -> ReleaseTarget:
+    """The environment's platform, as DR deploys it, as a release target."""
+    dr = section_resource(context, "dr", spec.name)
+    with engine_errors(f"{spec.name}: "):
+        platform = dr.platform_for(drill=False)
+        if isinstance(platform, HelmPlatform):
+            return HelmRelease.from_platform(platform, timeout_seconds=timeout_seconds)
+        if isinstance(platform, ComposePlatform):
+            return ComposeRelease.from_platform(platform, timeout_seconds=timeout_seconds)
+    raise dg.Failure(description=(f"environment {spec.name} is deployed by the {spec.dr.platform} platform; "
+                                  f"releases deploy with {' or '.join(RELEASE_PLATFORMS)} only"))
+
+
+def runtime(context: StepContext, spec: EnvironmentSpec) -> AppRuntime | None:
+    """What the app is wired to (its database and Redis), when the environment names its Redis."""
+    env: BackupEnvironment = section_resource(context, "backup", spec.name)
+    dr = section_resource(context, "dr", spec.name)
+    if not getattr(dr, "redis_url", None):
+        return None
+    return AppRuntime(database=env.target(), redis_url=dr.redis_url)
+
+
+def ledger_of(context: StepContext, environment: str) -> ReleaseLedger:
+    env: BackupEnvironment = section_resource(context, "backup", environment)
+    with engine_errors(f"release ledger of {environment}: "):
+        return ReleaseLedger(env.store(), env.keyring(), warn=context.log.warning)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
