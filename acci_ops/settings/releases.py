@@ -12,7 +12,7 @@ sends a small load when the app gets no traffic and holds an inconclusive versio
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from acci_ops.lib.core.errors import ConfigError
 from acci_ops.lib.releases.analysis import AnalysisSpec, LoadSpec, default_metrics
@@ -142,12 +142,8 @@ class ReleasesSpec:
         none was configured, none when load is off."""
         spec = self.analysis or AnalysisSpec()
         if not self.sends_load(environment):
-            return AnalysisSpec(interval_seconds=spec.interval_seconds, count=spec.count, metrics=spec.metrics,
-                                min_valid=spec.min_valid, timeout_seconds=spec.timeout_seconds, load=None)
-        if spec.load is None:
-            return AnalysisSpec(interval_seconds=spec.interval_seconds, count=spec.count, metrics=spec.metrics,
-                                min_valid=spec.min_valid, timeout_seconds=spec.timeout_seconds, load=LoadSpec())
-        return spec
+            return replace(spec, load=None)
+        return spec if spec.load is not None else replace(spec, load=LoadSpec())
 
     def promotion_windows(self, timezone: str, environment: str) -> PromotionWindows:
         allow, deny = self.windows or ((), ())

@@ -12,7 +12,7 @@ import dagster as dg
 
 from acci_ops.defs._shared import fixed_resources
 from acci_ops.defs.releases.jobs import build_release_job, build_rollback_job, release_assets
-from acci_ops.defs.releases.plans import promotion_order, releasable
+from acci_ops.defs.releases.plans import previous_in_order, promotion_order, releasable
 from acci_ops.defs.releases.sensors import build_first_release_sensor, build_promotion_sensor
 from acci_ops.settings import Settings
 
@@ -28,11 +28,10 @@ def build_defs(settings: Settings, resources: Mapping[str, object]) -> dg.Defini
     fixed = fixed_resources(resources)
     release = build_release_job(specs, settings, fixed)
     sensors = []
-    for position, name in enumerate(order):
-        if position == 0:
-            sensors.append(build_first_release_sensor(by_name[name], release))
-        else:
-            sensors.append(build_promotion_sensor(by_name[name], by_name[order[position - 1]], release, settings))
+    for name in order:
+        previous = previous_in_order(order, name)
+        sensors.append(build_promotion_sensor(by_name[name], by_name[previous], release, settings) if previous
+                       else build_first_release_sensor(by_name[name], release))
     jobs = [release, build_rollback_job(specs, settings, fixed)]
     return dg.Definitions(assets=release_assets(specs, settings), jobs=jobs, sensors=sensors,
                           resources={})

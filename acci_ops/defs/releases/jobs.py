@@ -14,6 +14,7 @@ from acci_ops.defs.releases.plans import (
     built_image,
     deployer,
     ledger_of,
+    previous_in_order,
     promotion_order,
     registry_image,
     runtime,
@@ -50,7 +51,7 @@ def release_assets(specs: list[EnvironmentSpec], settings: Settings) -> list[dg.
     order = promotion_order(settings, [s.name for s in specs])
     out = []
     for spec in specs:
-        before = order[order.index(spec.name) - 1] if spec.name in order and order.index(spec.name) else None
+        before = previous_in_order(order, spec.name)
         gate = (f"It takes only versions verified on {before} (promotion_order)." if before else
                 "It is first in the promotion order: a version whose image checks passed may go here.")
         out.append(dg.AssetSpec(
@@ -200,7 +201,7 @@ def build_release_job(specs: list[EnvironmentSpec], settings: Settings,
                 f"image back (only by restoring the backup taken before it, {DR_RUNBOOK}); set confirm_breaking: "
                 "true to release it; nothing was deployed"))
         with engine_errors():
-            previous = order[order.index(spec.name) - 1] if spec.name in order and order.index(spec.name) else None
+            previous = previous_in_order(order, spec.name)
             decision = None
             if previous:
                 decision = check_promotion(ledger_of(context, previous), order, spec.name, version,

@@ -43,6 +43,13 @@ def promotion_order(settings: Settings, names: list[str]) -> tuple[str, ...]:
                                                         "top-level promotion_order)")
 
 
+def previous_in_order(order: tuple[str, ...], name: str) -> str | None:
+    """The environment a version must be verified on before ``name`` takes it (None: first, or
+    not in the order)."""
+    position = order.index(name) if name in order else 0
+    return order[position - 1] if position else None
+
+
 @dataclass(frozen=True)
 class Image:
     """A version's image as its build recorded it and the registry serves it now."""

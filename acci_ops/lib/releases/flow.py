@@ -51,8 +51,8 @@ def is_breaking(labels: dict[str, str] | None) -> bool:
 
 
 @dataclass(frozen=True)
-class ReleasePlan:
-    """One release the policy allowed: what goes where, how it is judged, and the overrides used."""
+class _Deployment:
+    """What goes where and how it is judged: what a release and a rollback have in common."""
 
     environment: str
     version: str
@@ -62,6 +62,16 @@ class ReleasePlan:
     analysis: AnalysisSpec
     metrics_url: str | None = None
     prometheus_url: str | None = None
+
+    def target(self, app_url: str) -> Target:
+        """What the analysis measures once ``app_url`` serves this deployment."""
+        return Target(app_url, self.metrics_url, self.prometheus_url)
+
+
+@dataclass(frozen=True)
+class ReleasePlan(_Deployment):
+    """One release the policy allowed, and the overrides used."""
+
     on_inconclusive: str = "hold"
     breaking: bool = False
     backup_key: str | None = None
@@ -188,7 +198,7 @@ def run_release(plan: ReleasePlan, target: ReleaseTarget, ledger: ReleaseLedger,
     result: AnalysisResult | None = None
     if deployed is not None:
         began = time.monotonic()
-        result = analyse(plan.analysis, Target(deployed.app_url, plan.metrics_url, plan.prometheus_url))
+        result = analyse(plan.analysis, plan.target(deployed.app_url))
         clock.step("analysis", began)
         verdict, reason = result.verdict, result.reason
     else:
@@ -261,7 +271,7 @@ def run_release(plan: ReleasePlan, target: ReleaseTarget, ledger: ReleaseLedger,
     rb_result: AnalysisResult | None = None
     if rolled is not None:
         began = time.monotonic()
-        rb_result = analyse(plan.analysis, Target(rolled.app_url, plan.metrics_url, plan.prometheus_url))
+        rb_result = analyse(plan.analysis, plan.target(rolled.app_url))
         clock.step("rollback_analysis", began)
     rb_verdict = rb_result.verdict if rb_result else "failed"
     rb_reason = rb_result.reason if rb_result else f"the rollback did not complete: {rollback_error}"
@@ -290,17 +300,9 @@ def run_release(plan: ReleasePlan, target: ReleaseTarget, ledger: ReleaseLedger,
 
 
 @dataclass(frozen=True)
-class RollbackPlan:
+class RollbackPlan(_Deployment):
     """A rollback someone asked for: to ``version`` (``image_ref``), away from what runs now."""
 
-    environment: str
-    version: str
-    image_ref: str
-    operator: str
-    strategy: str
-    analysis: AnalysisSpec
-    metrics_url: str | None = None
-    prometheus_url: str | None = None
     from_version: str | None = None
     from_image_ref: str | None = None
 
@@ -318,7 +320,7 @@ def run_rollback(plan: RollbackPlan, target: ReleaseTarget, ledger: ReleaseLedge
     rolled = target.rollback(RollbackTarget(image_ref=plan.image_ref), log, runtime=runtime)
     clock.step("rollback", began)
     began = time.monotonic()
-    result = analyse(plan.analysis, Target(rolled.app_url, plan.metrics_url, plan.prometheus_url))
+    result = analyse(plan.analysis, plan.target(rolled.app_url))
     clock.step("analysis", began)
     rec = ReleaseRecord(environment=plan.environment, version=plan.version, image_ref=plan.image_ref,
                         kind="rollback", strategy=plan.strategy, verdict=result.verdict,

@@ -21,7 +21,7 @@ import shutil
 import stat
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,7 @@ from acci_ops.lib.releases.analysis import AnalysisResult, AnalysisSpec, MetricS
 from acci_ops.lib.releases.canary import CanaryRelease, CanaryStep, canary_weights, check_steps
 from acci_ops.lib.releases.deployers import DeployFailed, parse_image_ref
 from acci_ops_tests.fixtures.deploy import CHART
+from acci_ops_tests.fixtures.kube_stub import Discovery
 
 REPO = "registry.example:5000/acci/acci-framework"
 A = f"{REPO}@sha256:{'a' * 64}"  # stable
@@ -390,35 +391,6 @@ def test_real_analysis_promotes_a_healthy_canary_and_stops_a_sick_one(helm, ops_
 
 
 # --- the real helm, with its in-memory release store ---------------------------------------------
-
-class Discovery(BaseHTTPRequestHandler):
-    """Answers only Kubernetes API discovery (what helm asks to learn the cluster version); anything
-    else, and any write, is recorded and refused."""
-
-    seen: list[str] = []
-
-    def do_GET(self):  # noqa: N802
-        self.seen.append(f"GET {self.path}")
-        body = {"/version": {"major": "1", "minor": "30", "gitVersion": "v1.30.0", "platform": "linux/amd64"},
-                "/api": {"kind": "APIVersions", "versions": ["v1"]},
-                "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}}.get(self.path.split("?")[0])
-        data = json.dumps(body or {}).encode()
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def refuse(self):
-        self.seen.append(f"{self.command} {self.path}")
-        self.send_response(405)
-        self.end_headers()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = refuse
-
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture
 def real_helm_store(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ import shutil
 import stat
 import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,7 @@ from acci_ops.lib.postgres.urls import parse_database_url
 from acci_ops.lib.releases.deployers import DeployFailed, RollbackTarget, parse_image_ref
 from acci_ops.lib.releases.helm_release import HelmRelease
 from acci_ops_tests.fixtures.deploy import CHART
+from acci_ops_tests.fixtures.kube_stub import Discovery
 
 REPO = "registry.example:5000/acci/acci-framework"
 A = f"{REPO}@sha256:{'a' * 64}"
@@ -558,36 +559,6 @@ def test_real_helm_uninstalls_a_first_install_that_never_finished(helm, chart, t
     assert any('release "acci-framework" uninstalled' in line for line in lines)
     memory_store(tmp_path, monkeypatch, [], nowhere())
     assert target(chart, Tap(), helm=str(helm), kube_context=None).current(print).status == "absent"
-
-
-class Discovery(BaseHTTPRequestHandler):
-    """Answers only Kubernetes API discovery (what helm asks to learn the cluster version); anything
-    else, and any write, is recorded and refused."""
-
-    seen: list[str] = []
-
-    def do_GET(self):  # noqa: N802
-        self.seen.append(f"GET {self.path}")
-        path = self.path.split("?")[0]
-        body = {"/version": {"major": "1", "minor": "30", "gitVersion": "v1.30.0", "platform": "linux/amd64"},
-                "/api": {"kind": "APIVersions", "versions": ["v1"]},
-                "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}}.get(path)
-        self.send_response(200 if body else 404)
-        data = json.dumps(body or {}).encode()
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def refuse(self):
-        self.seen.append(f"{self.command} {self.path}")
-        self.send_response(405)
-        self.end_headers()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = refuse
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.mark.integration
