@@ -110,11 +110,14 @@ def test_sensor_reads_only_new_keys_among_thousands(validating_env, s3, instance
     seed_foreign_backups(s3, bucket, old_days)  # 2000 objects before the cursor
     # A cursor that has seen all of them: the next tick must not read them again.
     cursor = json.dumps({"production": f"production/{old_days[-1].isoformat()}/~"})
-    new = seed_foreign_backups(s3, bucket, [date(2026, 11, 25), date(2026, 11, 26)])
+    # Recent days (relative to today): the re-examined window below is the last 7 days.
+    today = datetime.now(UTC).date()
+    new_days = [today - timedelta(days=3), today - timedelta(days=2)]
+    new = seed_foreign_backups(s3, bucket, new_days)
     result, _ = sensor_tick(instance, cursor)
     requests = result.run_requests
     assert [r.tags["acci/backup_key"] for r in requests] == new
-    assert [r.partition_key for r in requests] == ["2026-11-25", "2026-11-26"]
+    assert [r.partition_key for r in requests] == [d.isoformat() for d in new_days]
     assert requests[0].asset_check_keys == [dg.AssetCheckKey(dg.AssetKey("db_backup"), "restores_cleanly")]
     assert json.loads(result.cursor)["production"] == manifest_key_for(new[-1])
     # The work done: only the four keys after the cursor were read, not the 2000 before it.

@@ -305,6 +305,7 @@ class ComposeRelease(ReleaseTarget):
 
     def _up(self, image: ImageRef, runtime: AppRuntime | None, log: Log, *, previous: str | None) -> None:
         flavor = self.flavor(log)
+        self._pull(image, log, previous=previous)
         started = time.monotonic()
         with private_dir(self.run_dir, prefix="acci-compose-") as private:
             path = write_private_yaml(private / self.override_name, self.override(image), OVERRIDE_HEADER)
@@ -325,6 +326,21 @@ class ComposeRelease(ReleaseTarget):
                                    previous_image_ref=previous, rolled_back=False) from None
         if not flavor.waits:
             self._wait_without_compose(image, started, log, previous=previous)
+
+    def _pull(self, image: ImageRef, log: Log, *, previous: str | None) -> None:
+        """Pull the digest before anything is replaced: an image the engine cannot fetch (registry
+        down, digest gone, credentials refused) fails the deploy while the old containers still run.
+        The pull gets no variable of the app's (no database password): only the engine's own."""
+        log(f"compose: pulling {image}")
+        try:
+            self.runner([self.docker, "pull", str(image)], env={}, timeout=self.timeout_seconds,
+                        on_line=log, allow_env=COMPOSE_ENV)
+        except CommandTimeout:
+            raise DeployFailed(f"pulling {image} did not finish within {self.timeout_seconds} s; nothing was changed "
+                               f"in project {self.project}", previous_image_ref=previous, rolled_back=False) from None
+        except CommandFailed as exc:
+            raise DeployFailed(f"pulling {image} failed, nothing was changed in project {self.project}: {exc}",
+                               previous_image_ref=previous, rolled_back=False) from None
 
     def _wait_without_compose(self, image: ImageRef, started: float, log: Log, *, previous: str | None) -> None:
         """docker-compose 1.x: poll docker inspect until every app container runs ``image`` (healthy,

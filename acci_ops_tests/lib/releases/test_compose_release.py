@@ -57,10 +57,10 @@ class Compose:
     its `version` prints (None: the binary is not installed; an int: it exits with that code); ``ps`` and
     ``inspect`` are played back one per call (the last one repeats)."""
 
-    def __init__(self, versions, ps=(b"",), inspect=(b"",), ids=(b"",), up_code=0) -> None:
+    def __init__(self, versions, ps=(b"",), inspect=(b"",), ids=(b"",), up_code=0, pull_code=0) -> None:
         self.versions = versions
         self.ps, self.inspect, self.ids = list(ps), list(inspect), list(ids)
-        self.up_code = up_code
+        self.up_code, self.pull_code = up_code, pull_code
         self.calls: list[dict] = []
 
     @staticmethod
@@ -88,6 +88,8 @@ class Compose:
             out = self._next(self.inspect)
         elif "ps" in argv:
             out = self._next(self.ids) if "-q" in argv else self._next(self.ps)
+        elif argv[:2] == ["docker", "pull"]:
+            code = self.pull_code
         elif "up" in argv:
             code = self.up_code
         result = CommandResult(tuple(argv), code, 0.01, ("container app exited (1)",) if code else (),
@@ -117,20 +119,21 @@ def test_v2_deploy_pins_the_digest_in_a_private_override(tmp_path):
     result = release(compose).deploy(B, RUNTIME, lines.append)
     assert (result.app_url, result.revision, result.previous_image_ref, result.image_ref) == (
         "http://127.0.0.1:8080", None, A, B)
-    version, ps, up = compose.argvs()
+    version, ps, pull, up = compose.argvs()
     assert version == ["docker", "compose", "version"]
     assert ps == ["docker", "compose", *files(), "ps", "--all", "--format", "json", "app"]
+    assert pull == ["docker", "pull", B] and compose.calls[2]["env"] == {}  # the pull gets no app variable
     override = up[up.index("up") - 1]
     assert up == ["docker", "compose", *files("--file", override), "up", "--detach", "--wait", "--wait-timeout", "300"]
-    content, mode, dir_mode = compose.calls[2]["files"][override]
+    content, mode, dir_mode = compose.calls[3]["files"][override]
     assert yaml.safe_load(content) == {"version": "3.8", "services": {"app": {"image": B}}}
     assert content.startswith("# Written by acci_ops for a release")
     assert (mode, dir_mode) == (0o600, 0o700) and not Path(override).exists()
-    env = compose.calls[2]["env"]
+    env = compose.calls[3]["env"]
     assert env["POSTGRES_PASSWORD"] == SECRET and env["DATABASE_URL"] == RUNTIME.database.to_url()
     assert all(SECRET not in " ".join(argv) for argv in compose.argvs())
     assert all(c["allow_env"] == COMPOSE_ENV for c in compose.calls)
-    assert compose.calls[2]["timeout"] == 360
+    assert compose.calls[3]["timeout"] == 360
     assert "compose: using docker compose 2.24 (up --wait)" in lines
 
 
@@ -166,9 +169,10 @@ def test_v1_is_chosen_when_docker_compose_v2_is_missing_and_it_polls_instead_of_
     assert argvs[:2] == [["docker", "compose", "version"], ["docker-compose", "version"]]
     assert argvs[2] == ["docker-compose", *files(), "ps", "-q", "app"]
     assert argvs[3] == ["docker", "inspect", "--format", INSPECT_FORMAT, ID_OLD]
-    up = argvs[4]
+    assert argvs[4] == ["docker", "pull", B]
+    up = argvs[5]
     assert up == ["docker-compose", *files("--file", up[up.index("up") - 1]), "up", "--detach"]
-    assert argvs[5:] == [argvs[2], ["docker", "inspect", "--format", INSPECT_FORMAT, ID_OLD], argvs[2],
+    assert argvs[6:] == [argvs[2], ["docker", "inspect", "--format", INSPECT_FORMAT, ID_OLD], argvs[2],
                          ["docker", "inspect", "--format", INSPECT_FORMAT, ID_NEW]]
     assert app.hits == 2
     assert "compose: using docker-compose 1.29 (no up --wait: polling docker inspect, then /health)" in lines
@@ -377,3 +381,14 @@ class HealthApp:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_an_image_that_cannot_be_pulled_changes_nothing():
+    """The digest is pulled before `up`: a pull the engine refuses fails the deploy, names the image and
+    says nothing was changed, and no `up` runs, so the old containers keep serving."""
+    compose = Compose({("docker", "compose"): V2}, ps=[ps_v2(("acci-app-1", A, "running"))], pull_code=1)
+    with pytest.raises(DeployFailed, match=r"pulling .*@sha256:b+ failed, nothing was changed in project acci: "
+                                           r"docker failed \(exit code 1\)") as caught:
+        release(compose).deploy(B, None, print)
+    assert (caught.value.previous_image_ref, caught.value.rolled_back) == (A, False)
+    assert not any("up" in argv for argv in compose.argvs())
