@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -83,12 +84,10 @@ def test_failed_validation_blocks_offsite_and_is_not_marked_validated(validating
 
 def seed_foreign_backups(s3, bucket: str, days: list[date], env: str = "production") -> list[str]:
     """Backups in our format written by another tool: just objects and manifests."""
-    keys = []
-    for day in days:
-        key = dump_key(env, day, "acci", datetime(day.year, day.month, day.day, 23, tzinfo=UTC))
-        s3.put_object(Bucket=bucket, Key=f"acci/{key}", Body=b"x")
-        s3.put_object(Bucket=bucket, Key=f"acci/{manifest_key_for(key)}", Body=b"{}")
-        keys.append(key)
+    keys = [dump_key(env, day, "acci", datetime(day.year, day.month, day.day, 23, tzinfo=UTC)) for day in days]
+    objects = [(f"acci/{key}", b"x") for key in keys] + [(f"acci/{manifest_key_for(key)}", b"{}") for key in keys]
+    with ThreadPoolExecutor(8) as pool:  # thousands of small PUTs: in parallel, as a real writer would
+        list(pool.map(lambda item: s3.put_object(Bucket=bucket, Key=item[0], Body=item[1]), objects))
     return keys
 
 

@@ -12,6 +12,7 @@ from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+import botocore.retries.standard
 import pytest
 
 from acci_ops.lib.backup.dump import run_backup
@@ -108,7 +109,10 @@ def test_transient_errors_are_retried_and_the_backup_lands_verified(flaky, db_ur
     assert sorted(all_keys(s3, bucket)) == sorted([key, key + ".manifest.json"])
 
 
-def test_a_store_that_keeps_failing_gives_a_transient_error(s3_server, bucket):
+def test_a_store_that_keeps_failing_gives_a_transient_error(s3_server, bucket, monkeypatch):
+    # botocore sleeps up to 20 s between throttled attempts (SlowDown); the attempts are what is
+    # tested here, not its sleeping, so its backoff waits nothing.
+    monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount", lambda self, context: 0.0)
     proxy = FlakyProxy(s3_server.endpoint, failures=100)
     try:
         store = S3Store(f"s3://{bucket}/acci", endpoint_url=proxy.endpoint)
