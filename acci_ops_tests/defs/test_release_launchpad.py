@@ -87,3 +87,27 @@ def test_releases_and_rollbacks_share_one_pool(jobs):
     for job in jobs.values():
         [node] = job.graph.node_defs
         assert node.pool == "acci_release"
+
+
+@pytest.mark.parametrize("strategy", ["blue_green", "canary"])
+def test_a_strategy_the_job_does_not_run_is_refused_before_anything_is_touched(monkeypatch, tmp_path, strategy):
+    """An environment set to blue_green or canary is refused in one line naming the strategy, instead of
+    being released with rolling behind the operator's back; it fails before the registry, the backup or
+    the platform is reached (every URL here is a closed port)."""
+    monkeypatch.setenv("ACCI_RELEASE_STRATEGY", strategy)
+    for name, value in {"ACCI_DATABASE_URL": "postgresql://acci@127.0.0.1:9/acci",
+                        "ACCI_BACKUP_URL": f"file://{tmp_path}/backups",
+                        "ACCI_PLATFORM": "compose", "ACCI_APP_URL": "http://127.0.0.1:9",
+                        "ACCI_DRILL_REDIS_URL": "redis://127.0.0.1:9/1",
+                        "ACCI_SOURCE_REPO": "https://git.example.test/acci.git",
+                        "ACCI_IMAGE_REPOSITORY": "registry.example.test/acci/framework"}.items():
+        monkeypatch.setenv(name, value)
+    job = defs_from_env().resolve_job_def("release")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(run_config=release_config(), instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_failure_data.user_failure_data.description == (
+        f"production asks for strategy {strategy}, which the release job does not run yet (its engine exists, "
+        "tested on its own); set the strategy to rolling; nothing was deployed")
+    assert not (tmp_path / "backups").exists()

@@ -40,6 +40,8 @@ RELEASE_ASSET = "acci_release"
 POOL = "acci_release"  # one release or rollback at a time (pools default to a limit of 1, dagster.yaml)
 TRIGGER_TAG = "acci/release-trigger"  # "automatic" on runs a sensor requested: windows hold them instead
 AUTOMATIC = "automatic"
+# The strategies the release job runs; blue_green and canary have engines (lib/releases) not yet wired in.
+WIRED_STRATEGIES = ("rolling",)
 VERSIONS_PARTITIONS = dg.DynamicPartitionsDefinition(name=VERSIONS)  # the same partitions as acci_image
 
 
@@ -188,6 +190,11 @@ def build_release_job(specs: list[EnvironmentSpec], settings: Settings,
                                             answers.confirm or None, names, protected)
         spec = by_name[request.environment]
         releases = spec.releases
+        if releases.strategy not in WIRED_STRATEGIES:
+            raise dg.Failure(description=(
+                f"{spec.name} asks for strategy {releases.strategy}, which the release job does not run yet (its "
+                f"engine exists, tested on its own); set the strategy to {' or '.join(WIRED_STRATEGIES)}; nothing "
+                "was deployed"))
         webhook: Notifier = context.resources.alert_webhook
         version = request.version or ""
         context.instance.add_run_tags(context.run_id, {"acci/release-environment": spec.name,

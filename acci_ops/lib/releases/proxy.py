@@ -134,6 +134,17 @@ def parse_servers_state(text: str) -> dict[str, ServerState]:
     return found
 
 
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` has finished exiting: gone, or a zombie waiting for its parent. Not "its cmdline
+    no longer names our config": a process tearing down has an empty cmdline while it still holds its
+    sockets, so that test answers too early (measured: a stop returned while haproxy still ran)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
 @dataclass
 class HaproxySwitch:
     """One haproxy: a frontend on ``listen_host:port``, backend ``app`` with the servers ``blue`` and
@@ -331,11 +342,11 @@ class HaproxySwitch:
                 except ProcessLookupError:
                     break
                 deadline = time.monotonic() + wait
-                while self.pid() is not None and time.monotonic() < deadline:
+                while not _exited(pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
-                if self.pid() is None:
+                if _exited(pid):
                     break
-            if self.pid() is not None:
+            if not _exited(pid):
                 raise AcciOpsError(f"haproxy pid {pid} did not stop, even after SIGKILL")
             log(f"haproxy: stopped (pid {pid})")
         if remove_files:
