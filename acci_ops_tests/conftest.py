@@ -18,5 +18,6 @@ pytest_plugins = [
     "acci_ops_tests.fixtures.fake_registry",
     "acci_ops_tests.fixtures.git_http",
     "acci_ops_tests.fixtures.release_servers",
+    "acci_ops_tests.fixtures.release_images",
     "acci_ops_tests.fixtures.markers",
 ]
