@@ -69,7 +69,8 @@ def test_a_unit_test_that_starts_a_server_fails_naming_it(request, tmp_path):
     except RuntimeError as refused:
         assert str(refused) == (f"unit test {request.node.nodeid} starts redis-server: request a server fixture "
                                 "(auth_registry, caddy_apps, container_tools, denied_s3, dockerd, own_redis, "
-                                "pg_server, podman_service, prometheus, redis_server, registry, s3_server) or mark it integration")
+                                "pg_server, podman_service, prometheus, redis_server, registry, s3_server) "
+                                "or mark it integration")
     else:
         started.stop()
         pytest.fail("a unit test could start redis-server")
