@@ -330,7 +330,18 @@ class ComposeRelease(ReleaseTarget):
     def _pull(self, image: ImageRef, log: Log, *, previous: str | None) -> None:
         """Pull the digest before anything is replaced: an image the engine cannot fetch (registry
         down, digest gone, credentials refused) fails the deploy while the old containers still run.
-        The pull gets no variable of the app's (no database password): only the engine's own."""
+        The pull gets no variable of the app's (no database password): only the engine's own.
+
+        A digest the engine already holds is not pulled again: it is that exact content, and a
+        rollback or a repair to the previous digest must work while the registry is down."""
+        try:
+            present = self.runner([self.docker, "image", "inspect", "--format", "{{.Id}}", str(image)], env={},
+                                  timeout=60, check=False, capture_stdout=True, allow_env=COMPOSE_ENV)
+        except CommandTimeout:
+            present = None
+        if present is not None and present.returncode == 0:
+            log(f"compose: {image} is already on the engine, not pulled")
+            return
         log(f"compose: pulling {image}")
         try:
             self.runner([self.docker, "pull", str(image)], env={}, timeout=self.timeout_seconds,

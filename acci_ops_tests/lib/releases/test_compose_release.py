@@ -57,10 +57,12 @@ class Compose:
     its `version` prints (None: the binary is not installed; an int: it exits with that code); ``ps`` and
     ``inspect`` are played back one per call (the last one repeats)."""
 
-    def __init__(self, versions, ps=(b"",), inspect=(b"",), ids=(b"",), up_code=0, pull_code=0) -> None:
+    def __init__(self, versions, ps=(b"",), inspect=(b"",), ids=(b"",), up_code=0, pull_code=0,
+                 local_images=()) -> None:
         self.versions = versions
         self.ps, self.inspect, self.ids = list(ps), list(inspect), list(ids)
         self.up_code, self.pull_code = up_code, pull_code
+        self.local_images = set(local_images)  # what `docker image inspect` finds on the engine
         self.calls: list[dict] = []
 
     @staticmethod
@@ -88,6 +90,8 @@ class Compose:
             out = self._next(self.inspect)
         elif "ps" in argv:
             out = self._next(self.ids) if "-q" in argv else self._next(self.ps)
+        elif argv[:3] == ["docker", "image", "inspect"]:
+            code = 0 if argv[-1] in self.local_images else 1
         elif argv[:2] == ["docker", "pull"]:
             code = self.pull_code
         elif "up" in argv:
@@ -119,21 +123,23 @@ def test_v2_deploy_pins_the_digest_in_a_private_override(tmp_path):
     result = release(compose).deploy(B, RUNTIME, lines.append)
     assert (result.app_url, result.revision, result.previous_image_ref, result.image_ref) == (
         "http://127.0.0.1:8080", None, A, B)
-    version, ps, pull, up = compose.argvs()
+    version, ps, present, pull, up = compose.argvs()
     assert version == ["docker", "compose", "version"]
     assert ps == ["docker", "compose", *files(), "ps", "--all", "--format", "json", "app"]
-    assert pull == ["docker", "pull", B] and compose.calls[2]["env"] == {}  # the pull gets no app variable
+    assert present == ["docker", "image", "inspect", "--format", "{{.Id}}", B]
+    assert pull == ["docker", "pull", B]
+    assert compose.calls[2]["env"] == compose.calls[3]["env"] == {}  # neither gets an app variable
     override = up[up.index("up") - 1]
     assert up == ["docker", "compose", *files("--file", override), "up", "--detach", "--wait", "--wait-timeout", "300"]
-    content, mode, dir_mode = compose.calls[3]["files"][override]
+    content, mode, dir_mode = compose.calls[4]["files"][override]
     assert yaml.safe_load(content) == {"version": "3.8", "services": {"app": {"image": B}}}
     assert content.startswith("# Written by acci_ops for a release")
     assert (mode, dir_mode) == (0o600, 0o700) and not Path(override).exists()
-    env = compose.calls[3]["env"]
+    env = compose.calls[4]["env"]
     assert env["POSTGRES_PASSWORD"] == SECRET and env["DATABASE_URL"] == RUNTIME.database.to_url()
     assert all(SECRET not in " ".join(argv) for argv in compose.argvs())
     assert all(c["allow_env"] == COMPOSE_ENV for c in compose.calls)
-    assert compose.calls[3]["timeout"] == 360
+    assert compose.calls[4]["timeout"] == 360
     assert "compose: using docker compose 2.24 (up --wait)" in lines
 
 
@@ -169,10 +175,10 @@ def test_v1_is_chosen_when_docker_compose_v2_is_missing_and_it_polls_instead_of_
     assert argvs[:2] == [["docker", "compose", "version"], ["docker-compose", "version"]]
     assert argvs[2] == ["docker-compose", *files(), "ps", "-q", "app"]
     assert argvs[3] == ["docker", "inspect", "--format", INSPECT_FORMAT, ID_OLD]
-    assert argvs[4] == ["docker", "pull", B]
-    up = argvs[5]
+    assert argvs[4:6] == [["docker", "image", "inspect", "--format", "{{.Id}}", B], ["docker", "pull", B]]
+    up = argvs[6]
     assert up == ["docker-compose", *files("--file", up[up.index("up") - 1]), "up", "--detach"]
-    assert argvs[6:] == [argvs[2], ["docker", "inspect", "--format", INSPECT_FORMAT, ID_OLD], argvs[2],
+    assert argvs[7:] == [argvs[2], ["docker", "inspect", "--format", INSPECT_FORMAT, ID_OLD], argvs[2],
                          ["docker", "inspect", "--format", INSPECT_FORMAT, ID_NEW]]
     assert app.hits == 2
     assert "compose: using docker-compose 1.29 (no up --wait: polling docker inspect, then /health)" in lines
@@ -392,3 +398,15 @@ def test_an_image_that_cannot_be_pulled_changes_nothing():
         release(compose).deploy(B, None, print)
     assert (caught.value.previous_image_ref, caught.value.rolled_back) == (A, False)
     assert not any("up" in argv for argv in compose.argvs())
+
+
+def test_a_digest_already_on_the_engine_is_not_pulled_so_a_rollback_needs_no_registry():
+    """Rolling back to a digest the engine still holds runs no pull (the registry may be the thing that
+    is down): `docker image inspect` finds it and `up` follows directly."""
+    compose = Compose({("docker", "compose"): V2}, ps=[ps_v2(("acci-app-1", B, "running"))], pull_code=1,
+                      local_images=[A])
+    lines: list[str] = []
+    result = release(compose).rollback(RollbackTarget(image_ref=A), lines.append, runtime=RUNTIME)
+    assert result.image_ref == A
+    assert not any(argv[:2] == ["docker", "pull"] for argv in compose.argvs())
+    assert f"compose: {A} is already on the engine, not pulled" in lines
