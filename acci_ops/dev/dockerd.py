@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acci_ops.dev.servers import require
+from acci_ops.dev.servers import remove_tree_unmounting, require
 
 PACKAGE = "apt-get install -y docker.io"
 
@@ -59,18 +59,7 @@ class DockerDaemon:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for mount in sorted(_mounts_under(self.base), key=len, reverse=True):
-            subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
-def _mounts_under(base: Path) -> list[str]:
-    prefix = str(base) + "/"
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return []
-    return [parts[1] for parts in (line.split() for line in lines) if len(parts) > 1 and parts[1].startswith(prefix)]
+        remove_tree_unmounting(self.base)
 
 
 def _containerd_config(base: Path) -> str:

@@ -58,7 +58,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ACCI_FIXTURE_CACHE") or Path.home() / ".cache" / "acci_ops" / "fixture")
 
 
-def _run(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+def run_tool(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run a tool (git, mostly) and return its stdout; a failure is one line with its last output line."""
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [""]
@@ -94,13 +95,13 @@ def arm64_busybox(cache_dir: Path | None = None) -> Path:
             "-o", f"Dir::Cache={state / 'cache'}"]
     if os.geteuid() == 0:
         opts += ["-o", "APT::Sandbox::User=root"]  # _apt cannot write into root's cache directory
-    _run([apt, *opts, "update"])
+    run_tool([apt, *opts, "update"])
     with tempfile.TemporaryDirectory() as tmp:
-        _run([apt, *opts, "download", "busybox-static:arm64"], cwd=Path(tmp))
+        run_tool([apt, *opts, "download", "busybox-static:arm64"], cwd=Path(tmp))
         debs = list(Path(tmp).glob("busybox-static_*_arm64.deb"))
         if not debs:
             raise RuntimeError("apt-get download busybox-static:arm64 produced no .deb")
-        _run(["dpkg-deb", "-x", str(debs[0]), str(Path(tmp) / "x")])
+        run_tool(["dpkg-deb", "-x", str(debs[0]), str(Path(tmp) / "x")])
         binary = Path(tmp) / "x" / "bin" / "busybox"
         header = binary.read_bytes()[:20]
         if header[:4] != b"\x7fELF" or int.from_bytes(header[18:20], "little") != 183:
@@ -189,7 +190,8 @@ class FixtureRepo:
         return str(self.path)
 
 
-def _git_env(epoch: int) -> dict[str, str]:
+def git_env(epoch: int) -> dict[str, str]:
+    """git's environment for a reproducible fixture commit at ``epoch``: fixed author, no system config."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     date = f"{epoch} +0000"
     env.update(GIT_AUTHOR_NAME="ACCI Fixture", GIT_AUTHOR_EMAIL="fixture@acci.invalid",
@@ -206,32 +208,32 @@ def create_fixture_repo(dest: Path, cache_dir: Path | None = None) -> FixtureRep
     dest = Path(dest)
     marker = dest / ".git" / "acci-fixture-complete"
     if marker.exists():
-        return FixtureRepo(dest, _refs(dest))
+        return FixtureRepo(dest, git_refs(dest))
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     git = ["git", "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false"]
-    _run([*git, "init", "-q"], cwd=dest, env=_git_env(_BASE_EPOCH))
+    run_tool([*git, "init", "-q"], cwd=dest, env=git_env(_BASE_EPOCH))
     for number, (tag, problem) in enumerate(TAGS.items()):
-        env = _git_env(_BASE_EPOCH + number * 86400)
+        env = git_env(_BASE_EPOCH + number * 86400)
         _write_tree(dest, tag[1:], problem, cache_dir)
-        _run([*git, "add", "-A"], cwd=dest, env=env)
-        _run([*git, "commit", "-q", "-m", f"ACCI Framework {tag}" + (f" ({problem})" if problem else "")],
+        run_tool([*git, "add", "-A"], cwd=dest, env=env)
+        run_tool([*git, "commit", "-q", "-m", f"ACCI Framework {tag}" + (f" ({problem})" if problem else "")],
              cwd=dest, env=env)
-        _run([*git, "tag", "-a", tag, "-m", f"release {tag}"], cwd=dest, env=env)
-    env = _git_env(_BASE_EPOCH + len(TAGS) * 86400)
-    _run([*git, "checkout", "-q", "-b", BROKEN_BRANCH, "v1.0.0"], cwd=dest, env=env)
+        run_tool([*git, "tag", "-a", tag, "-m", f"release {tag}"], cwd=dest, env=env)
+    env = git_env(_BASE_EPOCH + len(TAGS) * 86400)
+    run_tool([*git, "checkout", "-q", "-b", BROKEN_BRANCH, "v1.0.0"], cwd=dest, env=env)
     _write_tree(dest, "1.0.1-broken", None, cache_dir, broken_copy=True)
-    _run([*git, "add", "-A"], cwd=dest, env=env)
-    _run([*git, "commit", "-q", "-m", "Dockerfile COPYs a file that does not exist"], cwd=dest, env=env)
-    _run([*git, "checkout", "-q", "main"], cwd=dest, env=env)
+    run_tool([*git, "add", "-A"], cwd=dest, env=env)
+    run_tool([*git, "commit", "-q", "-m", "Dockerfile COPYs a file that does not exist"], cwd=dest, env=env)
+    run_tool([*git, "checkout", "-q", "main"], cwd=dest, env=env)
     marker.write_text("ok\n")
-    return FixtureRepo(dest, _refs(dest))
+    return FixtureRepo(dest, git_refs(dest))
 
 
-def _refs(repo: Path) -> dict[str, str]:
+def git_refs(repo: Path) -> dict[str, str]:
     """Tag and branch names -> commit ids (tags peeled)."""
-    out = _run(["git", "for-each-ref", "--format=%(refname:short) %(objectname) %(*objectname)",
+    out = run_tool(["git", "for-each-ref", "--format=%(refname:short) %(objectname) %(*objectname)",
                 "refs/tags", "refs/heads"], cwd=repo)
     refs: dict[str, str] = {}
     for line in out.splitlines():
@@ -243,15 +245,15 @@ def _refs(repo: Path) -> dict[str, str]:
 def add_tag(repo: Path, tag: str, *, base: str = "v1.1.0") -> str:
     """Add a new good release tag (content of ``base`` with a new version) and return its commit:
     what a sensor test needs to see a "new release"."""
-    env = _git_env(_BASE_EPOCH + 100 * 86400)
+    env = git_env(_BASE_EPOCH + 100 * 86400)
     git = ["git", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false"]
-    _run([*git, "checkout", "-q", "--detach", base], cwd=repo, env=env)
+    run_tool([*git, "checkout", "-q", "--detach", base], cwd=repo, env=env)
     _write_tree(Path(repo), tag.lstrip("v"), None, None)
-    _run([*git, "add", "-A"], cwd=repo, env=env)
-    _run([*git, "commit", "-q", "-m", f"ACCI Framework {tag}"], cwd=repo, env=env)
-    _run([*git, "tag", "-a", tag, "-m", f"release {tag}"], cwd=repo, env=env)
-    commit = _run(["git", "rev-parse", "HEAD"], cwd=repo).strip()
-    _run([*git, "checkout", "-q", "main"], cwd=repo, env=env)
+    run_tool([*git, "add", "-A"], cwd=repo, env=env)
+    run_tool([*git, "commit", "-q", "-m", f"ACCI Framework {tag}"], cwd=repo, env=env)
+    run_tool([*git, "tag", "-a", tag, "-m", f"release {tag}"], cwd=repo, env=env)
+    commit = run_tool(["git", "rev-parse", "HEAD"], cwd=repo).strip()
+    run_tool([*git, "checkout", "-q", "main"], cwd=repo, env=env)
     return commit
 
 

@@ -22,7 +22,6 @@ import argparse
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from acci_ops.dev.servers import require
+from acci_ops.dev.servers import remove_tree_unmounting, require
 
 PACKAGE = "apt-get install -y podman runc containernetworking-plugins"
 ULIMITS = ("nofile=20000:20000", "nproc=32768:32768")
@@ -138,18 +137,7 @@ class PodmanService:
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait()
-            for mount in sorted(_mounts_under(self.base), key=len, reverse=True):
-                subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
-            shutil.rmtree(self.base, ignore_errors=True)
-
-
-def _mounts_under(base: Path) -> list[str]:
-    prefix = str(base) + "/"
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return []
-    return [parts[1] for parts in (line.split() for line in lines) if len(parts) > 1 and parts[1].startswith(prefix)]
+            remove_tree_unmounting(self.base)
 
 
 def write_configs(base: Path, insecure_registries: Sequence[str] = ()) -> Path:

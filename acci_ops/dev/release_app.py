@@ -53,9 +53,10 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from acci_ops.dev.fixture_app import FixtureRepo, git_env, git_refs, run_tool
 
 APP_PORT = 8080
 METRICS_PORT = 9180
@@ -96,14 +97,6 @@ _LDD_LOADER = re.compile(r"^\s*(/\S+)\s+\(0x")
 _X86_64 = 62
 
 
-def _run(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [""]
-        raise RuntimeError(f"{' '.join(argv[:3])} failed (exit {proc.returncode}): {last[0]}")
-    return proc.stdout
-
-
 def caddy_files(binary: Path = CADDY) -> dict[str, Path]:
     """Image path -> host file: the caddy binary, every library ``ldd`` resolves, and the loader.
 
@@ -118,7 +111,7 @@ def caddy_files(binary: Path = CADDY) -> dict[str, Path]:
     if not ldd:
         raise RuntimeError("ldd is missing: install it with `apt-get install -y libc-bin`")
     files = {"usr/bin/caddy": binary}
-    for line in _run([ldd, str(binary)]).splitlines():
+    for line in run_tool([ldd, str(binary)]).splitlines():
         if "not found" in line:
             raise RuntimeError(f"ldd {binary}: {line.strip()}")
         match = _LDD_PATH.search(line) or _LDD_LOADER.match(line)
@@ -201,36 +194,8 @@ def _write_tree(root: Path, version: str, spec: Version, files: dict[str, Path])
     (root / ".dockerignore").write_text("target/\n.git/\n")
 
 
-@dataclass(frozen=True)
-class ReleaseRepo:
-    """The release fixture repository: its path, and the commit of each tag and branch."""
-
-    path: Path
-    commits: dict[str, str]
-
-    @property
-    def url(self) -> str:
-        return str(self.path)
-
-
-def _git_env(epoch: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    date = f"{epoch} +0000"
-    env.update(GIT_AUTHOR_NAME="ACCI Fixture", GIT_AUTHOR_EMAIL="fixture@acci.invalid",
-               GIT_COMMITTER_NAME="ACCI Fixture", GIT_COMMITTER_EMAIL="fixture@acci.invalid",
-               GIT_AUTHOR_DATE=date, GIT_COMMITTER_DATE=date, GIT_CONFIG_NOSYSTEM="1", HOME=str(Path.home()))
-    return env
-
-
-def _refs(repo: Path) -> dict[str, str]:
-    """Tag and branch names -> commit ids (tags peeled)."""
-    out = _run(["git", "for-each-ref", "--format=%(refname:short) %(objectname) %(*objectname)",
-                "refs/tags", "refs/heads"], cwd=repo)
-    refs: dict[str, str] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        refs[parts[0]] = parts[2] if len(parts) > 2 else parts[1]
-    return refs
+# The release fixture repository: its path, and the commit of each tag (the same shape as the image fixture's).
+ReleaseRepo = FixtureRepo
 
 
 def create_release_repo(dest: Path) -> ReleaseRepo:
@@ -239,23 +204,23 @@ def create_release_repo(dest: Path) -> ReleaseRepo:
     dest = Path(dest)
     marker = dest / ".git" / "acci-release-fixture-complete"
     if marker.exists():
-        return ReleaseRepo(dest, _refs(dest))
+        return ReleaseRepo(dest, git_refs(dest))
     files = caddy_files()
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     git = ["git", "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false",
            "-c", "core.fileMode=true"]
-    _run([*git, "init", "-q"], cwd=dest, env=_git_env(_BASE_EPOCH))
+    run_tool([*git, "init", "-q"], cwd=dest, env=git_env(_BASE_EPOCH))
     for number, (tag, spec) in enumerate(TAGS.items()):
-        env = _git_env(_BASE_EPOCH + number * 86400)
+        env = git_env(_BASE_EPOCH + number * 86400)
         _write_tree(dest, tag[1:], spec, files)
-        _run([*git, "add", "-A"], cwd=dest, env=env)
-        _run([*git, "commit", "-q", "-m", f"ACCI Framework {tag}" + (f" ({spec.problem})" if spec.problem else "")],
+        run_tool([*git, "add", "-A"], cwd=dest, env=env)
+        run_tool([*git, "commit", "-q", "-m", f"ACCI Framework {tag}" + (f" ({spec.problem})" if spec.problem else "")],
              cwd=dest, env=env)
-        _run([*git, "tag", "-a", tag, "-m", f"release {tag}"], cwd=dest, env=env)
+        run_tool([*git, "tag", "-a", tag, "-m", f"release {tag}"], cwd=dest, env=env)
     marker.write_text("ok\n")
-    return ReleaseRepo(dest, _refs(dest))
+    return ReleaseRepo(dest, git_refs(dest))
 
 
 def main() -> None:

@@ -28,6 +28,20 @@ def require(binary: str, package: str) -> str:
     return found
 
 
+def remove_tree_unmounting(base: Path) -> None:
+    """Remove a container engine's directory: first every mount under it (overlay layers, a netns,
+    deepest first, lazily), which ``rmtree`` could not remove and would descend into."""
+    prefix = str(base) + "/"
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        lines = []
+    mounts = [parts[1] for parts in (line.split() for line in lines) if len(parts) > 1 and parts[1].startswith(prefix)]
+    for mount in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
 def moto_server_executable() -> str:
     """``moto_server`` from PATH or next to this interpreter (the venv's bin is often not on PATH)."""
     moto = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")

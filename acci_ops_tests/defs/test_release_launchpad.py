@@ -11,9 +11,8 @@ from acci_ops_tests.fixtures.defs import defs_from_env
 ANSWERS = {"environment": "production", "version": "1.4.0", "operator": "alice", "confirm": "production"}
 
 
-@pytest.fixture
-def jobs(monkeypatch, tmp_path) -> dict[str, dg.JobDefinition]:
-    """release and rollback_release as the code location builds them; no URL is ever connected to."""
+def closed_ports_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A compose production with image builds on, every URL a closed port: nothing can be reached."""
     for name, value in {"ACCI_DATABASE_URL": "postgresql://acci@127.0.0.1:9/acci",
                         "ACCI_BACKUP_URL": f"file://{tmp_path}/backups",
                         "ACCI_PLATFORM": "compose", "ACCI_APP_URL": "http://127.0.0.1:9",
@@ -21,6 +20,12 @@ def jobs(monkeypatch, tmp_path) -> dict[str, dg.JobDefinition]:
                         "ACCI_SOURCE_REPO": "https://git.example.test/acci.git",
                         "ACCI_IMAGE_REPOSITORY": "registry.example.test/acci/framework"}.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def jobs(monkeypatch, tmp_path) -> dict[str, dg.JobDefinition]:
+    """release and rollback_release as the code location builds them; no URL is ever connected to."""
+    closed_ports_env(monkeypatch, tmp_path)
     defs = defs_from_env()
     return {name: defs.resolve_job_def(name) for name in ("release", "rollback_release")}
 
@@ -95,13 +100,7 @@ def test_a_strategy_the_job_does_not_run_is_refused_before_anything_is_touched(m
     being released with rolling behind the operator's back; it fails before the registry, the backup or
     the platform is reached (every URL here is a closed port)."""
     monkeypatch.setenv("ACCI_RELEASE_STRATEGY", strategy)
-    for name, value in {"ACCI_DATABASE_URL": "postgresql://acci@127.0.0.1:9/acci",
-                        "ACCI_BACKUP_URL": f"file://{tmp_path}/backups",
-                        "ACCI_PLATFORM": "compose", "ACCI_APP_URL": "http://127.0.0.1:9",
-                        "ACCI_DRILL_REDIS_URL": "redis://127.0.0.1:9/1",
-                        "ACCI_SOURCE_REPO": "https://git.example.test/acci.git",
-                        "ACCI_IMAGE_REPOSITORY": "registry.example.test/acci/framework"}.items():
-        monkeypatch.setenv(name, value)
+    closed_ports_env(monkeypatch, tmp_path)
     job = defs_from_env().resolve_job_def("release")
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(run_config=release_config(), instance=instance, raise_on_error=False)
