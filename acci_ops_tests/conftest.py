@@ -20,4 +20,5 @@ pytest_plugins = [
     "acci_ops_tests.fixtures.release_servers",
     "acci_ops_tests.fixtures.release_images",
     "acci_ops_tests.fixtures.markers",
+    "acci_ops_tests.fixtures.schedule",
 ]

@@ -122,13 +122,19 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _default_sigint() -> None:
+    # As a terminal starts it: Ctrl-C's SIGINT at its default, even when pytest itself was started
+    # with SIGINT ignored (a background job of a script), which bash would inherit and never trap.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(env: dict[str, str], log: Path, *, sigint_ignored: bool) -> subprocess.Popen:
     """Start ./run dev in its own session. sigint_ignored: as a script's `cmd &` or nohup starts it
     (SIGINT ignored, inherited by every child; dagster dev then ignores SIGTERM too unless reset)."""
     with log.open("ab") as out:
         return subprocess.Popen([str(ROOT / "run"), "dev"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_ignore_sigint if sigint_ignored else None)
+                                preexec_fn=_ignore_sigint if sigint_ignored else _default_sigint)
 
 
 def _stop_and_check(proc: subprocess.Popen, sig: signal.Signals, ports: list[int], markers: list[str],

@@ -13,6 +13,7 @@ import pytest
 from acci_ops.dev.servers import start_redis
 from acci_ops.lib.platform.paths import deploy_dir
 from acci_ops_tests.fixtures.markers import server_started_by
+from acci_ops_tests.fixtures.schedule import LONGEST_FIRST
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,3 +83,13 @@ def test_the_checkout_deploy_links_point_at_the_shipped_files():
         assert (REPO / "deploy" / name).resolve() == (deploy_dir() / name).resolve()
     assert (deploy_dir() / "helm" / "acci-framework" / "Chart.yaml").is_file()
     assert (deploy_dir() / "compose" / "docker-compose.acci-ops.yml").is_file()
+
+
+def test_the_longest_first_schedule_names_existing_test_files(request):
+    """A renamed or deleted slow file would silently drop out of the schedule and run last again."""
+    missing = [path for path in LONGEST_FIRST if not (REPO / path).is_file()]
+    assert not missing, f"acci_ops_tests/fixtures/schedule.py names test files that do not exist: {missing}"
+    order = [item.nodeid.split("::", 1)[0] for item in request.session.items]
+    dealt = list(dict.fromkeys(order))
+    present = [p for p in LONGEST_FIRST if p in dealt]
+    assert dealt[:len(present)] == present, "the longest files are not collected first"
