@@ -106,11 +106,14 @@ def _from_file(value: object, f: Field, kind: object, label: str, where: str) ->
             raise ConfigError(f"{where}: {label} must be true or false")
         return value
     if kind is tuple:
-        # `required_metrics: abc` would otherwise become ('a', 'b', 'c').
-        if not isinstance(value, list) or not all(isinstance(i, str) and i.strip() for i in value):
-            raise ConfigError(f"{where}: {label} must be a list of non-empty strings, e.g. [a, b] "
+        # `required_metrics: abc` would otherwise become ('a', 'b', 'c'). Whole numbers are taken as their
+        # text (`canary_steps: [10, 50, 100]`, `blue_green_ports: [8081, 8082]`); a true/false is not.
+        def item(i: object) -> bool:
+            return (isinstance(i, str) and bool(i.strip())) or (isinstance(i, int) and not isinstance(i, bool))
+        if not isinstance(value, list) or not all(item(i) for i in value):
+            raise ConfigError(f"{where}: {label} must be a list of non-empty strings or whole numbers, e.g. [a, b] "
                               "or one '- item' per line")
-        return tuple(value)
+        return tuple(str(i) for i in value)
     if kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float):
             raise ConfigError(f"{where}: {label} must be a {'whole number' if kind is int else 'number'}, "

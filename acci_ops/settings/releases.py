@@ -11,6 +11,7 @@ sends a small load when the app gets no traffic and holds an inconclusive versio
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -24,6 +25,8 @@ STRATEGIES = ("rolling", "blue_green", "canary")
 ON_INCONCLUSIVE = ("hold", "rollback")
 PROTECTED_BY_DEFAULT = "production"
 DEFAULT_CANARY_STEPS = (10, 50, 100)
+# One color of a blue/green release: the app alone (acci_ops/deploy/compose/docker-compose.blue-green.yml).
+BLUE_GREEN_FILE = "deploy/compose/docker-compose.blue-green.yml"
 # Keys of `releases:` in the environments file that are not flat fields: parsed by their engines.
 NESTED_KEYS = ("analysis", "windows")
 
@@ -82,6 +85,18 @@ class ReleasesSpec:
     rollback_window_minutes: int = setting(30, var="ACCI_RELEASE_ROLLBACK_WINDOW_MINUTES", minimum=0,
                                            help="blue_green: how long the previous color stays up, so a rollback "
                                                 "is a switch back.")
+    blue_green_ports: tuple[str, ...] = setting(
+        ("8081", "8082"), var="ACCI_RELEASE_BLUE_GREEN_PORTS",
+        help="blue_green: the blue and the green color's own ports on 127.0.0.1 (each color is judged there "
+             "before traffic moves to it); haproxy serves the app on the port of the environment's app URL.")
+    blue_green_files: tuple[str, ...] = setting(
+        (BLUE_GREEN_FILE,), var="ACCI_RELEASE_BLUE_GREEN_FILES",
+        help="blue_green: the Compose files of one color: the app alone, wired to the environment's one "
+             "database and Redis (the shipped file; the DR files start a database per project).")
+    blue_green_dir: str | None = setting(
+        None, var="ACCI_RELEASE_BLUE_GREEN_DIR",
+        help="blue_green: a persistent private directory for haproxy's config, socket and pidfile and the "
+             "switch record. Unset: $DAGSTER_HOME/acci_ops/blue_green/<environment>.")
     canary_steps: tuple[str, ...] = setting(tuple(str(s) for s in DEFAULT_CANARY_STEPS),
                                             var="ACCI_RELEASE_CANARY_STEPS",
                                             help="canary: the traffic weights (percent) stepped through, each "
@@ -106,6 +121,18 @@ class ReleasesSpec:
         if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
             raise ConfigError(f"canary_steps {', '.join(map(str, steps))} must rise strictly from above 0 to 100, "
                               "e.g. 10, 50, 100")
+        ports = []
+        for raw in self.blue_green_ports:
+            text = str(raw).strip()
+            if not text.isdigit() or not 0 < int(text) < 65536:
+                raise ConfigError(f"blue_green_ports {raw!r} is not a TCP port (1..65535)")
+            ports.append(int(text))
+        if len(ports) != 2 or ports[0] == ports[1]:
+            raise ConfigError(f"blue_green_ports must be two different ports, blue's then green's (e.g. 8081, 8082), "
+                              f"got {', '.join(map(str, ports)) or 'none'}")
+        if not self.blue_green_files:
+            raise ConfigError("blue_green_files is empty: give the Compose files of one color (default: the shipped "
+                              f"{BLUE_GREEN_FILE})")
         if self.analysis is None:
             analysis = AnalysisSpec(
                 interval_seconds=self.analysis_interval_seconds, count=self.analysis_count,
@@ -119,6 +146,23 @@ class ReleasesSpec:
     @property
     def steps(self) -> tuple[int, ...]:
         return tuple(int(str(s).strip()) for s in self.canary_steps)
+
+    @property
+    def color_ports(self) -> dict[str, int]:
+        blue, green = (int(str(p).strip()) for p in self.blue_green_ports)
+        return {"blue": blue, "green": green}
+
+    def blue_green_run_dir(self, environment: str, dagster_home: str | None = None) -> str:
+        """Where haproxy and the switch record live: kept across runs (haproxy outlives the run).
+        ``dagster_home``: default the DAGSTER_HOME the run sees (Dagster's own variable, read here)."""
+        if self.blue_green_dir:
+            return self.blue_green_dir
+        dagster_home = dagster_home or os.environ.get("DAGSTER_HOME")
+        if not dagster_home:
+            raise ConfigError(f"environment {environment!r} releases blue_green but neither "
+                              "ACCI_RELEASE_BLUE_GREEN_DIR nor DAGSTER_HOME is set: name a persistent directory for "
+                              "haproxy and the switch record")
+        return os.path.join(dagster_home, "acci_ops", "blue_green", environment)
 
     def is_protected(self, environment: str) -> bool:
         return self.protected if self.protected is not None else environment == PROTECTED_BY_DEFAULT

@@ -3,9 +3,21 @@ resource edits by config validation, i.e. before a run exists: nothing here depl
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
 import dagster as dg
 import pytest
 
+from acci_ops.defs._shared import resource_key
+from acci_ops.defs.dr.resources import dr_resource
+from acci_ops.defs.releases.plans import deployer
+from acci_ops.lib.core.errors import ConfigError
+from acci_ops.lib.releases.analysis import Target
+from acci_ops.lib.releases.blue_green import BlueGreenRelease
+from acci_ops.lib.releases.canary import CanaryRelease
+from acci_ops.settings import load_settings
 from acci_ops_tests.fixtures.defs import defs_from_env
 
 ANSWERS = {"environment": "production", "version": "1.4.0", "operator": "alice", "confirm": "production"}
@@ -94,19 +106,71 @@ def test_releases_and_rollbacks_share_one_pool(jobs):
         assert node.pool == "acci_release"
 
 
-@pytest.mark.parametrize("strategy", ["blue_green", "canary"])
-def test_a_strategy_the_job_does_not_run_is_refused_before_anything_is_touched(monkeypatch, tmp_path, strategy):
-    """An environment set to blue_green or canary is refused in one line naming the strategy, instead of
-    being released with rolling behind the operator's back; it fails before the registry, the backup or
-    the platform is reached (every URL here is a closed port)."""
-    monkeypatch.setenv("ACCI_RELEASE_STRATEGY", strategy)
+@pytest.mark.parametrize("strategy, platform, needs",
+                         [("blue_green", "helm", "compose"), ("canary", "compose", "helm")])
+def test_a_strategy_on_a_platform_it_cannot_run_on_is_refused_when_the_code_location_loads(
+        monkeypatch, tmp_path, strategy, platform, needs):
+    """blue_green needs Compose and canary Helm: the code location refuses to load, naming the environment,
+    the strategy and its platform, instead of failing at 3 a.m. at the first release."""
     closed_ports_env(monkeypatch, tmp_path)
-    job = defs_from_env().resolve_job_def("release")
-    with dg.instance_for_test() as instance:
-        result = job.execute_in_process(run_config=release_config(), instance=instance, raise_on_error=False)
-    assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert failure.step_failure_data.user_failure_data.description == (
-        f"production asks for strategy {strategy}, which the release job does not run yet (its engine exists, "
-        "tested on its own); set the strategy to rolling; nothing was deployed")
-    assert not (tmp_path / "backups").exists()
+    monkeypatch.setenv("ACCI_PLATFORM", platform)
+    monkeypatch.setenv("ACCI_RELEASE_STRATEGY", strategy)
+    with pytest.raises(ConfigError) as raised:
+        defs_from_env()
+    assert str(raised.value) == (
+        f"environment 'production': release strategy {strategy} needs the {needs} platform, and its DR platform is "
+        f"{platform}; use rolling, or {'canary' if platform == 'helm' else 'blue_green'} on {platform}")
+
+
+def _deployer_for(monkeypatch, tmp_path, **env: str):  # noqa: ANN202
+    """The release job's deployer for production as the settings in ``env`` make it, and what the
+    analysis it was given was asked to measure."""
+    closed_ports_env(monkeypatch, tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    spec = next(s for s in load_settings().environments if s.name == "production")
+    context = SimpleNamespace(resources=SimpleNamespace(**{resource_key("dr", spec.name): dr_resource(spec)}))
+    asked: list[Target] = []
+    target = deployer(context, spec, 120, analyse=lambda t: asked.append(t) or "passed")
+    return target, asked
+
+
+def test_blue_green_is_built_from_the_environment_settings(monkeypatch, tmp_path):
+    """Each color is the environment's Compose project with -blue/-green, running the shipped app-only file
+    (both colors share the one database), on the configured 127.0.0.1 ports; haproxy takes the app URL's
+    port; its state lives under DAGSTER_HOME; the idle color is judged on its own port."""
+    home = Path(tempfile.mkdtemp(prefix="dh-"))  # short: haproxy's socket path is at most 107 characters
+    home.rmdir()  # only its name is used: nothing is created before a deploy
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    target, asked = _deployer_for(monkeypatch, tmp_path, ACCI_RELEASE_STRATEGY="blue_green",
+                                  ACCI_APP_URL="http://127.0.0.1:18080", ACCI_COMPOSE_PROJECT="acci",
+                                  ACCI_RELEASE_BLUE_GREEN_PORTS="18081,18082",
+                                  ACCI_RELEASE_PROMETHEUS_URL="http://127.0.0.1:9")
+    assert isinstance(target, BlueGreenRelease)
+    assert (target.project, target.proxy_port, dict(target.ports)) == ("acci", 18080, {"blue": 18081, "green": 18082})
+    assert target.run_dir == str(home / "acci_ops" / "blue_green" / "production")
+    assert [Path(f).name for f in target.files] == ["docker-compose.blue-green.yml"] and Path(target.files[0]).is_file()
+    assert {c: t.project for c, t in target.colors.items()} == {"blue": "acci-blue", "green": "acci-green"}
+    assert target.rollback_window_minutes == 30 and target.timeout_seconds == 120
+    target.analyse(Target("http://127.0.0.1:18082"))
+    assert [(t.app_url, t.metrics_url, t.prometheus_url) for t in asked] == [
+        ("http://127.0.0.1:18082", "http://127.0.0.1:18082/metrics", "http://127.0.0.1:9")]
+
+
+def test_blue_green_without_a_state_directory_is_refused_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with pytest.raises(dg.Failure) as raised:
+        _deployer_for(monkeypatch, tmp_path, ACCI_RELEASE_STRATEGY="blue_green")
+    assert raised.value.description == (
+        "production: environment 'production' releases blue_green but neither ACCI_RELEASE_BLUE_GREEN_DIR nor "
+        "DAGSTER_HOME is set: name a persistent directory for haproxy and the switch record")
+
+
+def test_canary_is_built_with_the_environment_steps_and_judges_each_where_users_reach_the_app(monkeypatch, tmp_path):
+    target, asked = _deployer_for(monkeypatch, tmp_path, ACCI_PLATFORM="helm", ACCI_RELEASE_STRATEGY="canary",
+                                  ACCI_APP_URL="http://acci.example.test", ACCI_RELEASE_CANARY_STEPS="5,25,100",
+                                  ACCI_RELEASE_METRICS_URL="http://acci.example.test:9100/metrics")
+    assert isinstance(target, CanaryRelease) and target.steps == (5, 25, 100) and target.timeout_seconds == 120
+    target.analyse(25)
+    assert [(t.app_url, t.metrics_url) for t in asked] == [
+        ("http://acci.example.test", "http://acci.example.test:9100/metrics")]

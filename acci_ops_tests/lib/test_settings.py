@@ -175,7 +175,7 @@ def test_env_field_names_that_are_fine(tmp_path):
 
 
 @pytest.mark.parametrize("field", ["required_metrics", "compose_files"])
-@pytest.mark.parametrize("value", ["abc", "42", "{a: b}", "[acci_up, '']", "[acci_up, 3]", "[[a]]"])
+@pytest.mark.parametrize("value", ["abc", "42", "{a: b}", "[acci_up, '']", "[acci_up, true]", "[[a]]"])
 def test_list_fields_must_be_lists_of_strings(tmp_path, field, value):
     path = tmp_path / "envs.yaml"
     path.write_text("environments:\n  prod:\n    backup_url: s3://b/p\n    database_url_env: PROD_DB\n"
@@ -183,7 +183,7 @@ def test_list_fields_must_be_lists_of_strings(tmp_path, field, value):
     with pytest.raises(ConfigError) as failure:
         load_settings({"ACCI_ENVIRONMENTS_FILE": str(path)})
     assert str(failure.value) == (f"{path} environment 'prod': dr.{field} must be a list of non-empty "
-                                  "strings, e.g. [a, b] or one '- item' per line")
+                                  "strings or whole numbers, e.g. [a, b] or one '- item' per line")
 
 
 def test_list_fields_accept_lists(tmp_path):

@@ -11,8 +11,14 @@ from collections.abc import Mapping
 import dagster as dg
 
 from acci_ops.defs._shared import fixed_resources
-from acci_ops.defs.releases.jobs import build_release_job, build_rollback_job, release_assets
-from acci_ops.defs.releases.plans import previous_in_order, promotion_order, releasable
+from acci_ops.defs.releases.jobs import (
+    build_expire_job,
+    build_expire_schedule,
+    build_release_job,
+    build_rollback_job,
+    release_assets,
+)
+from acci_ops.defs.releases.plans import check_strategy, previous_in_order, promotion_order, releasable
 from acci_ops.defs.releases.sensors import build_first_release_sensor, build_promotion_sensor
 from acci_ops.settings import Settings
 
@@ -23,6 +29,8 @@ def build_defs(settings: Settings, resources: Mapping[str, object]) -> dg.Defini
     specs = releasable(settings)
     if not specs or not settings.images.enabled:
         return dg.Definitions()
+    for spec in specs:
+        check_strategy(spec)
     by_name = {s.name: s for s in specs}
     order = promotion_order(settings, list(by_name))
     fixed = fixed_resources(resources)
@@ -33,5 +41,11 @@ def build_defs(settings: Settings, resources: Mapping[str, object]) -> dg.Defini
         sensors.append(build_promotion_sensor(by_name[name], by_name[previous], release, settings) if previous
                        else build_first_release_sensor(by_name[name], release))
     jobs = [release, build_rollback_job(specs, settings, fixed)]
-    return dg.Definitions(assets=release_assets(specs, settings), jobs=jobs, sensors=sensors,
+    schedules = []
+    blue_green = [s for s in specs if s.releases.strategy == "blue_green"]
+    if blue_green:
+        expire = build_expire_job(blue_green, fixed)
+        jobs.append(expire)
+        schedules.append(build_expire_schedule(expire, settings))
+    return dg.Definitions(assets=release_assets(specs, settings), jobs=jobs, sensors=sensors, schedules=schedules,
                           resources={})

@@ -23,6 +23,7 @@ from acci_ops.defs.releases.plans import (
 from acci_ops.lib.backup.dump import run_backup
 from acci_ops.lib.core.errors import AcciOpsError
 from acci_ops.lib.releases.analysis import AnalysisResult, AnalysisSpec, Target, run_analysis
+from acci_ops.lib.releases.deployers import ReleaseTarget
 from acci_ops.lib.releases.flow import (
     BREAKING_LABEL,
     DR_RUNBOOK,
@@ -40,8 +41,8 @@ RELEASE_ASSET = "acci_release"
 POOL = "acci_release"  # one release or rollback at a time (pools default to a limit of 1, dagster.yaml)
 TRIGGER_TAG = "acci/release-trigger"  # "automatic" on runs a sensor requested: windows hold them instead
 AUTOMATIC = "automatic"
-# The strategies the release job runs; blue_green and canary have engines (lib/releases) not yet wired in.
-WIRED_STRATEGIES = ("rolling",)
+EXPIRE_JOB = "expire_blue_green"
+EXPIRE_CRON = "*/5 * * * *"
 VERSIONS_PARTITIONS = dg.DynamicPartitionsDefinition(name=VERSIONS)  # the same partitions as acci_image
 
 
@@ -120,6 +121,13 @@ def _analyse(context: dg.OpExecutionContext) -> Callable[[AnalysisSpec, Target],
     return analyse
 
 
+def _target(context: dg.OpExecutionContext, spec: EnvironmentSpec) -> ReleaseTarget:
+    """The environment's deployer with its strategy; blue/green's colors and canary steps are judged
+    by the environment's own analysis."""
+    analysis, run = spec.releases.analysis_for(spec.name), _analyse(context)
+    return deployer(context, spec, spec.releases.timeout_seconds, analyse=lambda target: run(analysis, target))
+
+
 def _report(context: dg.OpExecutionContext, settings: Settings, spec: EnvironmentSpec, outcome: Outcome,
             webhook: Notifier) -> None:
     """Materialize the release, tag the run, alert, and fail the run unless the version is verified."""
@@ -190,11 +198,6 @@ def build_release_job(specs: list[EnvironmentSpec], settings: Settings,
                                             answers.confirm or None, names, protected)
         spec = by_name[request.environment]
         releases = spec.releases
-        if releases.strategy not in WIRED_STRATEGIES:
-            raise dg.Failure(description=(
-                f"{spec.name} asks for strategy {releases.strategy}, which the release job does not run yet (its "
-                f"engine exists, tested on its own); set the strategy to {' or '.join(WIRED_STRATEGIES)}; nothing "
-                "was deployed"))
         webhook: Notifier = context.resources.alert_webhook
         version = request.version or ""
         context.instance.add_run_tags(context.run_id, {"acci/release-environment": spec.name,
@@ -231,7 +234,7 @@ def build_release_job(specs: list[EnvironmentSpec], settings: Settings,
             prometheus_url=releases.prometheus_url, on_inconclusive=releases.inconclusive_action(spec.name),
             breaking=image.breaking, backup_key=backup_key, allow_unverified=unverified,
             override_window=gate.overridden)
-        target = deployer(context, spec, releases.timeout_seconds)
+        target = _target(context, spec)
         ledger = ledger_of(context, spec.name)
         with engine_errors(f"release of {version} to {spec.name}: "):
             outcome = run_release(plan, target, ledger, _analyse(context), runtime=runtime(context, spec),
@@ -334,7 +337,7 @@ def build_rollback_job(specs: list[EnvironmentSpec], settings: Settings,
                             metrics_url=releases.metrics_url, prometheus_url=releases.prometheus_url,
                             from_version=current.version if current else None,
                             from_image_ref=current.image_ref if current else None)
-        target = deployer(context, spec, releases.timeout_seconds)
+        target = _target(context, spec)
         try:
             outcome = run_rollback(plan, target, ledger, _analyse(context), runtime=runtime(context, spec),
                                    log=context.log.info)
@@ -357,3 +360,43 @@ def build_rollback_job(specs: list[EnvironmentSpec], settings: Settings,
         roll_back()
 
     return rollback_release
+
+
+def build_expire_job(specs: list[EnvironmentSpec], resources: Mapping[str, dg.ResourceDefinition]) -> dg.JobDefinition:
+    """``expire_blue_green``: the previous color of each blue/green environment is removed once its
+    rollback window is over (until then a rollback is a switch back)."""
+    names = [s.name for s in specs]
+
+    @dg.op(required_resource_keys=resource_keys(specs, "backup", "dr"), pool=POOL,
+           description="Removes each blue/green environment's previous color once its rollback window ended.")
+    def expire_previous_colors(context: dg.OpExecutionContext) -> None:
+        removed = 0
+        for spec in specs:
+            target = _target(context, spec)
+            with engine_errors(f"blue/green {spec.name}: "):
+                line = target.expire(log=context.log.info, runtime=runtime(context, spec))
+            if line:
+                removed += 1
+                context.log.info(f"{spec.name}: {line}")
+            else:
+                context.log.info(f"{spec.name}: nothing to remove (no previous color, or its window is still open)")
+        context.log.info(f"{removed} previous color(s) removed")
+
+    @dg.job(name=EXPIRE_JOB, resource_defs=dict(resources), tags={"acci/operation": "release"},
+            description=(
+                f"Removes the previous color of each blue/green environment ({', '.join(names)}) once "
+                "rollback_window_minutes have passed since the switch. Until then the old color keeps running and "
+                "rollback_release is a switch back in seconds; afterwards a rollback deploys the earlier digest "
+                "again, with its analysis. Runs in the release pool, never beside a release."))
+    def expire_blue_green() -> None:
+        expire_previous_colors()
+
+    return expire_blue_green
+
+
+def build_expire_schedule(job: dg.JobDefinition, settings: Settings) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name=f"{EXPIRE_JOB}_every_5_minutes", job=job, cron_schedule=EXPIRE_CRON,
+        execution_timezone=settings.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=("Every 5 minutes: removes a blue/green environment's previous color whose rollback window "
+                     "ended. On by default: it never touches the live color."))

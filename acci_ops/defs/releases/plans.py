@@ -5,16 +5,22 @@ ops, and each refusal is a ``dg.Failure`` with one line raised before the deploy
 "nothing was deployed" is true whenever one of these fails.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import dagster as dg
 
 from acci_ops.defs._contracts import IMAGE_ASSET, BackupEnvironment, ImageRegistryAccess, StepContext
 from acci_ops.defs._shared import engine_errors, section_resource
-from acci_ops.lib.core.errors import AcciOpsError
+from acci_ops.lib.core.errors import AcciOpsError, ConfigError
 from acci_ops.lib.images.registry import Registry
 from acci_ops.lib.platform.backends import AppRuntime, ComposePlatform, HelmPlatform
+from acci_ops.lib.platform.paths import resolve_deploy_path
+from acci_ops.lib.releases.analysis import AnalysisResult, Target
+from acci_ops.lib.releases.blue_green import BlueGreenRelease
+from acci_ops.lib.releases.canary import CanaryRelease
 from acci_ops.lib.releases.compose_release import ComposeRelease
 from acci_ops.lib.releases.deployers import ReleaseTarget, parse_image_ref
 from acci_ops.lib.releases.flow import is_breaking
@@ -24,6 +30,7 @@ from acci_ops.lib.releases.policy import check_promotion_order
 from acci_ops.settings import EnvironmentSpec, Settings
 
 RELEASE_PLATFORMS = ("helm", "compose")
+STRATEGY_PLATFORMS = {"blue_green": "compose", "canary": "helm"}  # rolling runs on both
 VERSIONS = "acci_versions"
 
 
@@ -98,17 +105,61 @@ def registry_image(images: ImageRegistryAccess, version: str, image_ref: str) ->
     return Image(version, image_ref, labels)
 
 
-def deployer(context: StepContext, spec: EnvironmentSpec, timeout_seconds: int) -> ReleaseTarget:
-    """The environment's platform, as DR deploys it, as a release target."""
+def check_strategy(spec: EnvironmentSpec) -> None:
+    """blue_green is a Compose strategy and canary a Helm one: refused when the code location loads,
+    naming the environment, instead of at the first release."""
+    strategy, platform = spec.releases.strategy, spec.dr.platform
+    needs = STRATEGY_PLATFORMS.get(strategy)
+    if needs and platform != needs:
+        raise ConfigError(f"environment {spec.name!r}: release strategy {strategy} needs the {needs} platform, and "
+                          f"its DR platform is {platform}; use rolling, or "
+                          + ("canary" if platform == "helm" else "blue_green") + f" on {platform}")
+
+
+def deployer(context: StepContext, spec: EnvironmentSpec, timeout_seconds: int,
+             analyse: Callable[[Target], AnalysisResult] | None = None) -> ReleaseTarget:
+    """The environment's platform, as DR deploys it, as a release target with the environment's
+    strategy. ``analyse`` judges what blue/green's idle color or a canary step serves (both analyse
+    before traffic moves); rolling is analysed by the release flow after the deploy."""
     dr = section_resource(context, "dr", spec.name)
+    releases = spec.releases
     with engine_errors(f"{spec.name}: "):
+        check_strategy(spec)
         platform = dr.platform_for(drill=False)
+        if releases.strategy != "rolling" and analyse is None:
+            raise ConfigError(f"strategy {releases.strategy} judges each step itself and needs the analysis")
         if isinstance(platform, HelmPlatform):
+            if releases.strategy == "canary":
+                canary = CanaryRelease.from_platform(platform, timeout_seconds=timeout_seconds, steps=releases.steps)
+                # Each step is judged where users reach the app: at 100 % that is the canary alone.
+                step = Target(canary.url, releases.metrics_url, releases.prometheus_url)
+                canary.analyse = lambda weight: analyse(step)
+                return canary
             return HelmRelease.from_platform(platform, timeout_seconds=timeout_seconds)
         if isinstance(platform, ComposePlatform):
+            if releases.strategy == "blue_green":
+                return BlueGreenRelease(
+                    project=platform.project, run_dir=releases.blue_green_run_dir(spec.name),
+                    proxy_port=app_port(platform.app_url, spec.name), ports=releases.color_ports,
+                    files=tuple(resolve_deploy_path(f) for f in releases.blue_green_files),
+                    # The idle color on its own port: its /health and /metrics there, PromQL as configured.
+                    analyse=lambda color: analyse(Target(color.app_url, None, releases.prometheus_url)),
+                    rollback_window_minutes=releases.rollback_window_minutes, timeout_seconds=timeout_seconds,
+                    runner=platform.runner)
             return ComposeRelease.from_platform(platform, timeout_seconds=timeout_seconds)
     raise dg.Failure(description=(f"environment {spec.name} is deployed by the {spec.dr.platform} platform; "
                                   f"releases deploy with {' or '.join(RELEASE_PLATFORMS)} only"))
+
+
+def app_port(app_url: str, environment: str) -> int:
+    """The port haproxy serves a blue/green environment on: the one its app URL names (where users and
+    the analysis reach the app), 80 or 443 when the URL gives none."""
+    parts = urlsplit(app_url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"environment {environment!r}: app URL {app_url!r} has no valid port") from None
+    return port or (443 if parts.scheme == "https" else 80)
 
 
 def runtime(context: StepContext, spec: EnvironmentSpec) -> AppRuntime | None:

@@ -256,7 +256,7 @@ class BlueGreenRelease(ReleaseTarget):
         log(f"blue/green: removed the {color} color (compose project {target.project})")
 
     def _abandon(self, color: str, live: str | None, message: str, previous: str | None, log: Log,
-                 runtime: AppRuntime | None) -> DeployFailed:
+                 runtime: AppRuntime | None, analysis: Any = None) -> DeployFailed:
         """The idle color did not make it: take it down, say that traffic never moved."""
         try:
             self.remove(color, log, runtime=runtime)
@@ -264,7 +264,7 @@ class BlueGreenRelease(ReleaseTarget):
         except AcciOpsError as exc:
             removed = f"removing the {color} color failed too ({exc})"
         return DeployFailed(f"{message}; traffic never moved from {live or 'nothing'}; {removed}",
-                            previous_image_ref=previous, rolled_back=True)
+                            previous_image_ref=previous, rolled_back=True, analysis=analysis)
 
     def deploy(self, image_ref: str, runtime: AppRuntime | None, log: Log) -> DeployResult:
         """Deploy to the idle color, judge it on its own port, switch only when it passed."""
@@ -287,13 +287,14 @@ class BlueGreenRelease(ReleaseTarget):
                                 runtime) from None
         target = Target(self.colors[idle].url)
         try:
-            verdict, reason = verdict_of(self.analyse(target))
+            judged = self.analyse(target)
+            verdict, reason = verdict_of(judged)
         except AcciOpsError as exc:
             raise self._abandon(idle, live, f"the analysis of {image} on the {idle} color could not run: {exc}",
                                 previous, log, runtime) from None
         if verdict != "passed":
             raise self._abandon(idle, live, f"the analysis of {image} on the {idle} color ({target.app_url}) "
-                                f"{verdict}" + (f": {reason}" if reason else ""), previous, log, runtime)
+                                f"{verdict}" + (f": {reason}" if reason else ""), previous, log, runtime, judged)
         log(f"blue/green: {idle} passed its analysis on {target.app_url}; switching traffic")
         try:
             switched = proxy.switch_to(idle, log)
@@ -304,7 +305,7 @@ class BlueGreenRelease(ReleaseTarget):
         seconds = round(time.monotonic() - started, 3)
         log(f"blue/green: {idle} is live with {image} (switch {switched.seconds:.2f} s); {live or 'nothing'} is kept "
             f"{self.rollback_window_minutes:g} min for a rollback")
-        return DeployResult(proxy.url, None, previous, seconds, str(image))
+        return DeployResult(proxy.url, None, previous, seconds, str(image), analysis=judged)
 
     def rollback(self, to: RollbackTarget | None, log: Log, *, runtime: AppRuntime | None = None) -> DeployResult:
         """Inside the window (the old color still runs ``to``, or ``to`` is None): switch back. Already

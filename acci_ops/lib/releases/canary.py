@@ -250,7 +250,7 @@ class CanaryRelease(HelmRelease):
                              "setting the canary weight to 0", log)
 
     def _stop(self, stable: ImageRef, canary: ImageRef, secret_values: str | None, log: Log, why: str,
-              started: float) -> DeployFailed:
+              started: float, analysis: Any = None) -> DeployFailed:
         """Traffic back to stable and the canary removed; the DeployFailed to raise says what happened."""
         log(f"canary: {why}; setting the weight to 0 and removing the canary")
         try:
@@ -259,12 +259,13 @@ class CanaryRelease(HelmRelease):
             return DeployFailed(f"{why}; putting all traffic back on stable ALSO failed ({exc}): the canary {canary} "
                                 f"may still get traffic; run the deploy again or `helm upgrade {self.release} "
                                 f"-n {self.namespace} --reuse-values --set canary.enabled=false`",
-                                previous_image_ref=str(stable), rolled_back=False)
+                                previous_image_ref=str(stable), rolled_back=False, analysis=analysis)
         seconds = time.monotonic() - started
         log(f"canary: release {self.release} is at revision {revision}: all traffic on stable {stable}, canary "
             f"removed ({seconds:.1f} s)")
         return DeployFailed(f"{why}; weight set back to 0 and the canary removed (revision {revision}): stable "
-                            f"{stable} serves all traffic", previous_image_ref=str(stable), rolled_back=True)
+                            f"{stable} serves all traffic", previous_image_ref=str(stable), rolled_back=True,
+                            analysis=analysis)
 
     def _stable(self, log: Log) -> tuple[ImageRef, str | None]:
         """The digest the deployed revision runs (after recovering a stuck release), and the recovery line."""
@@ -299,6 +300,7 @@ class CanaryRelease(HelmRelease):
         started = time.monotonic()
         stable, recovered = self._stable(log)
         steps: list[CanaryStep] = []
+        verdict: Any = None
         with private_dir(prefix="acci-helm-") as private:
             secret_values = self._secret_values(runtime, private)
             self.check_canary_render(stable, canary, self.steps[0], secret_values, log)
@@ -316,11 +318,11 @@ class CanaryRelease(HelmRelease):
                     verdict = judge(weight)
                     outcome, reason = _read_verdict(verdict)
                 except Exception as exc:  # an analysis that cannot run is no evidence: stop like a failed one
-                    outcome, reason = "error", f"the analysis raised {type(exc).__name__}: {exc}"
+                    verdict, outcome, reason = None, "error", f"the analysis raised {type(exc).__name__}: {exc}"
                 steps.append(CanaryStep(weight, revision, outcome, reason))
                 if outcome != "passed":
                     raise self._stop(stable, canary, secret_values, log,
-                                     f"{where} did not pass its analysis ({outcome}): {reason}", started)
+                                     f"{where} did not pass its analysis ({outcome}): {reason}", started, verdict)
                 log(f"canary: step {number} passed: {reason}")
             try:
                 self._upgrade(self.promote_argv(canary, secret_values),
@@ -337,7 +339,9 @@ class CanaryRelease(HelmRelease):
         seconds = round(time.monotonic() - started, 3)
         log(f"canary: release {self.release} is at revision {revision} running {canary} on stable, canary removed "
             f"({seconds:.1f} s)")
-        return CanaryResult(self.url, revision, str(stable), seconds, str(canary), recovered, tuple(steps))
+        # The 100 % step's analysis judged this digest taking all the traffic: the release's verdict.
+        return CanaryResult(self.url, revision, str(stable), seconds, str(canary), recovered, analysis=verdict,
+                            steps=tuple(steps))
 
     def abort(self, log: Log, *, runtime: AppRuntime | None = None) -> int:
         """Remove a canary an interrupted run left behind: weight 0, canary off, stable kept on the

@@ -97,7 +97,10 @@ class DeployResult:
 
     ``revision``: the Helm revision now deployed (None for Compose, which keeps no revisions).
     ``previous_image_ref``: the digest that ran before, the rollback target (None when nothing ran or
-    it was not pinned by digest). ``recovered``: the line ``recover_stuck`` logged, when it had to."""
+    it was not pinned by digest). ``recovered``: the line ``recover_stuck`` logged, when it had to.
+    ``analysis``: the verdict the deployer itself already reached on what now serves (blue/green judges
+    the new color before the switch, a canary its 100 % step); the release takes it instead of
+    measuring the same version again."""
 
     app_url: str
     revision: int | None
@@ -105,6 +108,7 @@ class DeployResult:
     seconds: float
     image_ref: str | None = None
     recovered: str | None = None
+    analysis: Any = None
 
 
 @dataclass(frozen=True)
@@ -142,12 +146,16 @@ class CurrentState:
 
 class DeployFailed(AcciOpsError):
     """A deploy did not become healthy. ``rolled_back``: the tool already restored the previous version
-    (Helm's --rollback-on-failure); otherwise ``previous_image_ref`` is what to roll back to."""
+    (Helm's --rollback-on-failure); otherwise ``previous_image_ref`` is what to roll back to.
+    ``analysis``: the analysis that stopped it, when a deployer judged the version itself (blue/green's
+    idle color, a canary step), so its measurements are recorded with the release."""
 
-    def __init__(self, message: str, *, previous_image_ref: str | None, rolled_back: bool) -> None:
+    def __init__(self, message: str, *, previous_image_ref: str | None, rolled_back: bool,
+                 analysis: Any = None) -> None:
         super().__init__(message)
         self.previous_image_ref = previous_image_ref
         self.rolled_back = rolled_back
+        self.analysis = analysis
 
 
 class ReleaseTarget:

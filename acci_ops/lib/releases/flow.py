@@ -196,12 +196,20 @@ def run_release(plan: ReleasePlan, target: ReleaseTarget, ledger: ReleaseLedger,
     clock.step("deploy", began)
 
     result: AnalysisResult | None = None
-    if deployed is not None:
+    if deployed is not None and isinstance(deployed.analysis, AnalysisResult):
+        # blue/green judged the new color before switching, a canary its 100 % step: not measured twice.
+        result = deployed.analysis
+        verdict, reason = result.verdict, result.reason
+    elif deployed is not None:
         began = time.monotonic()
         result = analyse(plan.analysis, plan.target(deployed.app_url))
         clock.step("analysis", began)
         verdict, reason = result.verdict, result.reason
     else:
+        # Nothing new serves (a failed deploy, an idle color or canary that did not pass its own analysis):
+        # failed, whatever that analysis said, with its measurements kept for the record.
+        if deploy_failure is not None and isinstance(deploy_failure.analysis, AnalysisResult):
+            result = deploy_failure.analysis
         verdict, reason = "failed", f"the deploy did not become healthy: {deploy_failure}"
 
     record = dict(environment=plan.environment, version=plan.version, image_ref=plan.image_ref, kind="release",
@@ -269,7 +277,9 @@ def run_release(plan: ReleasePlan, target: ReleaseTarget, ledger: ReleaseLedger,
     key = ledger.record(rec)
 
     rb_result: AnalysisResult | None = None
-    if rolled is not None:
+    if rolled is not None and isinstance(rolled.analysis, AnalysisResult):
+        rb_result = rolled.analysis  # the rollback redeployed and judged it (blue/green after its window)
+    elif rolled is not None:
         began = time.monotonic()
         rb_result = analyse(plan.analysis, plan.target(rolled.app_url))
         clock.step("rollback_analysis", began)
@@ -319,9 +329,12 @@ def run_rollback(plan: RollbackPlan, target: ReleaseTarget, ledger: ReleaseLedge
     began = time.monotonic()
     rolled = target.rollback(RollbackTarget(image_ref=plan.image_ref), log, runtime=runtime)
     clock.step("rollback", began)
-    began = time.monotonic()
-    result = analyse(plan.analysis, plan.target(rolled.app_url))
-    clock.step("analysis", began)
+    if isinstance(rolled.analysis, AnalysisResult):
+        result = rolled.analysis
+    else:
+        began = time.monotonic()
+        result = analyse(plan.analysis, plan.target(rolled.app_url))
+        clock.step("analysis", began)
     rec = ReleaseRecord(environment=plan.environment, version=plan.version, image_ref=plan.image_ref,
                         kind="rollback", strategy=plan.strategy, verdict=result.verdict,
                         reason=f"rollback by {plan.operator}: {result.reason}", started_at=started, finished_at=now(),

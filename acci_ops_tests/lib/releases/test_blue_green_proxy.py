@@ -15,18 +15,14 @@ import json
 import os
 import stat
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
+from acci_ops.dev.request_loop import RequestLoop
 from acci_ops.dev.servers import stop_process
 from acci_ops.lib.core.commands import CommandResult
 from acci_ops.lib.core.errors import AcciOpsError, ConfigError
@@ -94,74 +90,19 @@ def alive(pid: int) -> bool:
         return False
 
 
-@dataclass
-class RequestLoop:
-    """``total`` GETs through the proxy at a bounded rate from 4 threads, each answer's color recorded."""
-
-    url: str
-    total: int = LOOP_REQUESTS
-    rate: float = LOOP_RATE
-    sent: int = 0
-    failures: list[str] = field(default_factory=list)
-    answers: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, color)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> RequestLoop:
-        self._t0 = time.monotonic()
-        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(4)]
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                if self.sent >= self.total:
-                    return
-                index = self.sent
-                self.sent += 1
-            delay = self._t0 + index / self.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            began = time.monotonic()
-            try:
-                with urllib.request.urlopen(self.url + "/", timeout=5) as answer:
-                    answer.read()
-                    color, status = answer.headers.get("X-Acci-Color", ""), answer.status
-            except (urllib.error.URLError, OSError) as exc:
-                with self._lock:
-                    self.failures.append(f"request {index}: {exc}")
-                continue
-            with self._lock:
-                if status != 200:
-                    self.failures.append(f"request {index}: status {status}")
-                self.answers.append((began, time.monotonic(), color))
-
-    def wait_sent(self, count: int) -> None:
-        while self.sent < count:
-            time.sleep(0.005)
-
-    def join(self) -> RequestLoop:
-        for thread in self._threads:
-            thread.join(60)
-        return self
-
-    def colors(self) -> Counter:
-        return Counter(color for _, _, color in self.answers)
-
-    def colors_after(self, moment: float) -> set[str]:
-        return {color for began, _, color in self.answers if began > moment}
+def color_loop(url: str, total: int = LOOP_REQUESTS) -> RequestLoop:
+    """A request loop at this file's rate, each answer labelled with the color that served it."""
+    return RequestLoop(url, total=total, rate=LOOP_RATE, header="X-Acci-Color")
 
 
 def switch_under_load(proxy: HaproxySwitch, to: str, url: str) -> tuple[RequestLoop, float]:
-    loop = RequestLoop(url).start()
+    loop = color_loop(url).start()
     loop.wait_sent(LOOP_REQUESTS // 3)
     result = proxy.switch_to(to)
     done = time.monotonic()
     loop.join()
     print(f"\nswitch to {to}: {loop.sent} requests sent, {len(loop.failures)} failed, "
-          f"{dict(loop.colors())}, switch {result.seconds:.3f} s")
+          f"{dict(loop.labels())}, switch {result.seconds:.3f} s")
     return loop, done
 
 
@@ -173,12 +114,12 @@ def test_switch_and_switch_back_under_load_drop_no_request(switch: HaproxySwitch
     assert switch.active() == "blue"
     loop, done = switch_under_load(switch, "green", switch.url)
     assert loop.failures == [] and loop.sent == LOOP_REQUESTS and len(loop.answers) == LOOP_REQUESTS
-    assert loop.colors()["blue"] > 0 and loop.colors()["green"] > 0
-    assert loop.colors_after(done) == {"green"}
+    assert loop.labels()["blue"] > 0 and loop.labels()["green"] > 0
+    assert loop.labels_after(done) == {"green"}
     assert switch.active() == "green"
     back, done = switch_under_load(switch, "blue", switch.url)
     assert back.failures == [] and len(back.answers) == LOOP_REQUESTS
-    assert back.colors()["blue"] > 0 and back.colors()["green"] > 0 and back.colors_after(done) == {"blue"}
+    assert back.labels()["blue"] > 0 and back.labels()["green"] > 0 and back.labels_after(done) == {"blue"}
     states = switch.states()
     assert states["blue"].live and states["green"].maint
 
@@ -339,13 +280,13 @@ def test_deploy_goes_to_the_idle_color_and_switches_after_analysis_without_dropp
     the proxy and the digest replaced; a new BlueGreenRelease object (a restarted acci_ops) finds green live."""
     first = release.deploy(A, None, print)
     assert (first.app_url, first.previous_image_ref, release.live(print)) == (release.switch.url, None, "blue")
-    loop = RequestLoop(release.switch.url).start()
+    loop = color_loop(release.switch.url).start()
     loop.wait_sent(LOOP_REQUESTS // 3)
     result = release.deploy(B, None, print)
     loop.join()
-    print(f"\ndeploy B -> green: {loop.sent} sent, {len(loop.failures)} failed, {dict(loop.colors())}, "
+    print(f"\ndeploy B -> green: {loop.sent} sent, {len(loop.failures)} failed, {dict(loop.labels())}, "
           f"deploy {result.seconds:.3f} s")
-    assert loop.failures == [] and loop.colors()["blue"] > 0 and loop.colors()["green"] > 0
+    assert loop.failures == [] and loop.labels()["blue"] > 0 and loop.labels()["green"] > 0
     assert (result.previous_image_ref, result.image_ref) == (A, B)
     ups = [env for argv, env in release.fake.calls if "up" in argv]
     assert [e["ACCI_FRAMEWORK_PORT"] for e in ups] == [str(release.ports["blue"]), str(release.ports["green"])]
@@ -364,13 +305,13 @@ def test_rollback_inside_the_window_is_a_switch_back_without_compose_up(release)
     release.deploy(A, None, print)
     release.deploy(B, None, print)
     ups_before = sum("up" in argv for argv, _ in release.fake.calls)
-    loop = RequestLoop(release.switch.url).start()
+    loop = color_loop(release.switch.url).start()
     loop.wait_sent(LOOP_REQUESTS // 3)
     rolled = release.rollback(RollbackTarget(image_ref=A), print)
     loop.join()
-    print(f"\nrollback -> blue: {loop.sent} sent, {len(loop.failures)} failed, {dict(loop.colors())}, "
+    print(f"\nrollback -> blue: {loop.sent} sent, {len(loop.failures)} failed, {dict(loop.labels())}, "
           f"rollback {rolled.seconds:.3f} s")
-    assert loop.failures == [] and loop.colors()["green"] > 0 and loop.colors()["blue"] > 0
+    assert loop.failures == [] and loop.labels()["green"] > 0 and loop.labels()["blue"] > 0
     assert release.live(print) == "blue" and (rolled.image_ref, rolled.previous_image_ref) == (A, B)
     assert sum("up" in argv for argv, _ in release.fake.calls) == ups_before
     assert release.rollback(RollbackTarget(image_ref=A), print).seconds == 0.0
@@ -383,14 +324,14 @@ def test_a_color_failing_analysis_is_removed_and_traffic_never_moves(release, ca
     release.deploy(A, None, print)
     release.ports = {**release.ports, "green": port_of(caddies["sick"])}
     release.colors["green"].app_url = caddies["sick"].url
-    loop = RequestLoop(release.switch.url, total=300).start()
+    loop = color_loop(release.switch.url, total=300).start()
     with pytest.raises(DeployFailed, match=r"the analysis of .*@sha256:b{64} on the green color "
                                            r"\(http://127\.0\.0\.1:\d+\) failed: health failed .* traffic never "
                                            r"moved from blue; the green color was removed") as failed:
         release.deploy(B, None, print)
     loop.join()
     assert failed.value.rolled_back and failed.value.previous_image_ref == A
-    assert loop.failures == [] and set(loop.colors()) == {"blue"}
+    assert loop.failures == [] and set(loop.labels()) == {"blue"}
     assert release.live(print) == "blue" and release.fake.verbs("acci-green")[-1] == "down"
     assert "acci-green" not in release.fake.images
 

@@ -187,3 +187,48 @@ def test_a_manual_rollback_withdraws_the_verification_of_the_version_left(board,
     assert outcome.status == VERIFIED and board.running == GOOD
     assert ledger.verified("staging", "2.1.0") is None
     assert ledger.current("staging").version == "2.0.0"
+
+
+@dataclass
+class JudgingSwitchboard(Switchboard):
+    """Judges an image on its own URL before it takes traffic, as blue/green (the idle color) and a canary
+    (its steps) do; one that does not pass never serves."""
+
+    judge: object = None
+
+    def deploy(self, image_ref, runtime, log):  # noqa: ANN001, ANN201
+        self.calls.append(f"deploy {image_ref[-4:]}")
+        url = self.apps[self.images[image_ref]].url
+        result = self.judge(SPEC, Target(url))
+        if result.verdict != "passed":
+            raise DeployFailed(f"the idle color {result.verdict}; traffic never moved", previous_image_ref=self.running,
+                               rolled_back=True, analysis=result)
+        previous, self.running = self.running, image_ref
+        return DeployResult(url, None, previous, 0.0, image_ref, analysis=result)
+
+
+def test_a_deployer_that_judged_the_version_itself_is_not_measured_twice(caddy_apps, ledger, analyse):
+    board = JudgingSwitchboard(caddy_apps, {GOOD: "healthy", SICK: "sick"}, judge=analyse)
+    asked: list[str] = []
+
+    def counted(spec, target):  # noqa: ANN001, ANN202
+        asked.append(target.app_url)
+        return analyse(spec, target)
+
+    outcome = run_release(plan("2.0.0", GOOD), board, ledger, counted, log=lambda line: None)
+    assert outcome.status == VERIFIED and asked == []  # the deployer's own verdict was taken
+    assert "analysis" not in outcome.steps
+    recorded = ledger.verified("staging", "2.0.0").record
+    assert recorded.measurements and len(recorded.measurements) == len(outcome.analysis.report())
+
+
+def test_a_version_its_deployer_judged_failed_keeps_that_analysis_and_the_live_version_is_analysed_again(
+        caddy_apps, ledger, analyse):
+    board = JudgingSwitchboard(caddy_apps, {GOOD: "healthy", SICK: "sick"}, judge=analyse)
+    run_release(plan("2.0.0", GOOD), board, ledger, analyse, log=lambda line: None)
+    outcome = run_release(plan("2.2.0", SICK), board, ledger, analyse, log=lambda line: None)
+    assert outcome.status == ROLLED_BACK and board.running == GOOD
+    assert outcome.analysis.verdict == "failed" and "traffic never moved" in outcome.reason
+    assert outcome.rollback_analysis.verdict == "passed"
+    failed = next(r for r in ledger.history("staging") if r.version == "2.2.0")
+    assert failed.verdict == "failed" and failed.measurements  # the failing measurements are on the record

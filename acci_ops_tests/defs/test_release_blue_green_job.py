@@ -1,0 +1,203 @@
+"""The ``release``, ``rollback_release`` and ``expire_blue_green`` jobs with ``strategy: blue_green``, end to end
+through Dagster on real parts: the code location built from an environments file, Debian's haproxy as the
+switch, docker-compose 1.29 driving a private podman API service, and the release app's versions as the image
+pipeline pushed them to the session registry (``release_images``). Which version serves is read from the app
+through haproxy (``/version``), never from what acci_ops believes it deployed; a bounded request loop runs
+through haproxy across the release and the rollback.
+
+The one shortcut: a version's ``acci_image`` materialization (the digest its build pushed) is reported to the
+instance instead of running ``build_image`` again (that job is tested in test_images.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from acci_ops.dev.podman_service import PodmanService
+from acci_ops.dev.registry import LocalRegistry
+from acci_ops.dev.release_app import APP_PORT, IMAGE_NAME, ReleaseRepo
+from acci_ops.dev.request_loop import RequestLoop
+from acci_ops.lib.core.net import free_port
+from acci_ops.lib.releases.proxy import HaproxySwitch
+from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY
+from acci_ops_tests.fixtures.defs import defs_from_env
+from acci_ops_tests.fixtures.release_images import DATABASE_URL, ReleaseImage, ReleaseImages, remove_project
+from acci_ops_tests.fixtures.release_servers import need
+
+IMAGE = dg.AssetKey("acci_image")
+RELEASE = dg.AssetKey(["staging", "acci_release"])
+# /health on every probe, three probes 0.3 s apart: the release app publishes its live metrics on a
+# second port, which a color's own URL does not carry (the compose tests judge those metrics).
+ANALYSIS = {"interval_seconds": 0.3, "count": 3, "metrics": [{"name": "health", "kind": "health"}]}
+
+
+def color_file(path: Path) -> Path:
+    """One color: the release app alone, confined like the shipped blue/green file, on the port acci_ops gives."""
+    path.write_text(
+        "version: '3.8'\n"
+        "services:\n"
+        "  app:\n"
+        "    image: ${ACCI_FRAMEWORK_IMAGE:-acci/release-app:latest}\n"
+        "    network_mode: bridge\n"
+        "    ports:\n"
+        f'      - "127.0.0.1:${{ACCI_FRAMEWORK_PORT:?}}:{APP_PORT}"\n'
+        "    read_only: true\n"
+        "    tmpfs:\n"
+        "      - /tmp\n"
+        "    cap_drop:\n"
+        "      - ALL\n"
+        "    security_opt:\n"
+        "      - no-new-privileges:true\n"
+        "    environment:\n"
+        f'      DATABASE_URL: "{DATABASE_URL}"\n'
+        "    stop_grace_period: 3s\n")
+    return path
+
+
+@dataclass(frozen=True)
+class Stack:
+    proxy_url: str
+    project: str
+    run_dir: Path
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, podman_service: PodmanService,
+          registry: LocalRegistry, release_repo: ReleaseRepo) -> Iterator[Stack]:
+    """A staging environment released blue/green on the podman service; its colors, haproxy and state
+    directory are removed afterwards."""
+    need("haproxy", "haproxy")
+    need("docker-compose", "docker-compose")
+    proxy, blue, green = free_port(), free_port(), free_port()
+    project = f"bgjob-{tmp_path.name[-8:].lower().replace('_', '-')}".rstrip("-")
+    run_dir = Path(tempfile.mkdtemp(prefix="bgj-"))  # short: haproxy's socket path is at most 107 characters
+    docker_config = tmp_path / "docker-config"
+    docker_config.mkdir(mode=0o700)
+    environments = {"environments": {"staging": {
+        "database_url_env": "STAGING_DATABASE_URL", "backup_url": f"file://{tmp_path}/backups",
+        "dr": {"platform": "compose", "app_url": f"http://127.0.0.1:{proxy}", "compose_project": project,
+               "drill_redis_url_env": "STAGING_DRILL_REDIS_URL"},
+        "releases": {"strategy": "blue_green", "blue_green_ports": [blue, green],
+                     "blue_green_files": [str(color_file(tmp_path / "color.yml"))], "blue_green_dir": str(run_dir),
+                     "rollback_window_minutes": 0, "load": False, "analysis": ANALYSIS,
+                     "timeout_seconds": 30}}}}  # the least allowed: 2.2.0 never gets healthy
+    (tmp_path / "environments.yaml").write_text(yaml.safe_dump(environments))
+    for name, value in {"ACCI_ENVIRONMENTS_FILE": str(tmp_path / "environments.yaml"),
+                        "STAGING_DATABASE_URL": "postgresql://acci@127.0.0.1:9/acci",  # closed: never used here
+                        "STAGING_DRILL_REDIS_URL": "redis://127.0.0.1:9/1",
+                        "ACCI_BACKUP_SIGNING_KEY": TEST_SIGNING_KEY, "ACCI_SOURCE_REPO": release_repo.url,
+                        "ACCI_IMAGE_REPOSITORY": registry.repository(IMAGE_NAME), "ACCI_REGISTRY_TLS_VERIFY": "false",
+                        "DOCKER_HOST": podman_service.docker_host, "DOCKER_CONFIG": str(docker_config)}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield Stack(f"http://127.0.0.1:{proxy}", project, run_dir)
+    finally:
+        HaproxySwitch(run_dir / "haproxy", proxy, {"blue": ("127.0.0.1", blue), "green": ("127.0.0.1", green)}).stop()
+        for color in ("blue", "green"):
+            remove_project(podman_service, f"{project}-{color}")
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def pushed(instance: dg.DagsterInstance, *images: ReleaseImage) -> None:
+    """Record each version as its build_image run does once every check passed and it was pushed."""
+    instance.add_dynamic_partitions("acci_versions", [image.version for image in images])
+    for image in images:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            IMAGE, partition=image.version, metadata={"image_ref": image.image_ref}))
+
+
+def run(instance: dg.DagsterInstance, job: str, **config: object) -> dg.ExecuteInProcessResult:
+    op = {"release": "release_version", "rollback_release": "roll_back", "expire_blue_green": None}[job]
+    run_config = {"ops": {op: {"config": {"environment": "staging", "operator": "alice", **config}}}} if op else {}
+    return defs_from_env().resolve_job_def(job).execute_in_process(run_config=run_config, instance=instance,
+                                                                   raise_on_error=False)
+
+
+def failure_of(result: dg.ExecuteInProcessResult) -> str:
+    return next(e.step_failure_data.user_failure_data.description for e in result.all_events
+                if e.event_type_value == "STEP_FAILURE")
+
+
+def served(stack: Stack) -> str:
+    with urllib.request.urlopen(stack.proxy_url + "/version", timeout=5) as answer:
+        return answer.read().decode().strip()
+
+
+def containers(service: PodmanService, project: str) -> list[str]:
+    filters = urllib.parse.quote(json.dumps({"label": [f"com.docker.compose.project={project}"]}))
+    status, body = service.api("GET", f"/containers/json?all=1&filters={filters}")
+    assert status == 200, f"listing containers of {project} answered HTTP {status}"
+    return [c["Id"][:12] for c in json.loads(body or b"[]")]
+
+
+def last_release(instance: dg.DagsterInstance, version: str) -> dict[str, object]:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=RELEASE, asset_partitions=[version]), limit=1).records
+    return {k: getattr(v, "value", v) for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def test_blue_green_releases_switch_without_a_failed_request_roll_back_by_switching_and_expire(
+        stack: Stack, release_images: ReleaseImages, podman_service: PodmanService) -> None:
+    """2.0.0 goes live through haproxy; 2.1.0 is deployed to the idle color, judged there and switched to under a
+    request loop with no failed request; rollback_release is a switch back to 2.0.0 under load, again without a
+    failed request; expire_blue_green then removes the old color (window 0); 2.2.0, whose /health fails, is judged
+    on the idle color, removed, and never gets a request: 2.0.0 keeps serving and the run fails in one line."""
+    v200, v210, v220 = (release_images[v] for v in ("2.0.0", "2.1.0", "2.2.0"))
+    with dg.instance_for_test() as instance:
+        pushed(instance, v200, v210, v220)
+        first = run(instance, "release", version="2.0.0")
+        assert first.success, failure_of(first)
+        assert served(stack) == "2.0.0"
+        meta = last_release(instance, "2.0.0")
+        assert (meta["status"], meta["strategy"], meta["image_ref"]) == ("verified", "blue_green", v200.image_ref)
+
+        loop = RequestLoop(stack.proxy_url, total=100_000, rate=100, path="/version").start()
+        second = run(instance, "release", version="2.1.0")
+        switched = time.monotonic()
+        time.sleep(0.5)
+        loop.stop()
+        assert second.success, failure_of(second)
+        assert loop.failures == [], loop.failures[:5]
+        assert set(loop.labels()) == {"2.0.0", "2.1.0"} and loop.labels_after(switched) == {"2.1.0"}
+        meta = last_release(instance, "2.1.0")
+        assert meta["previous_version"] == "2.0.0" and "step_analysis_seconds" not in meta  # judged once, on the color
+        assert meta["verdict"] == "passed" and "health" in meta["analysis"]  # the color's measurements, shown
+
+        back_loop = RequestLoop(stack.proxy_url, total=100_000, rate=100, path="/version").start()
+        back = run(instance, "rollback_release")
+        rolled = time.monotonic()
+        time.sleep(0.5)
+        back_loop.stop()
+        assert back.success, failure_of(back)
+        assert back_loop.failures == [], back_loop.failures[:5]
+        assert back_loop.labels_after(rolled) == {"2.0.0"} and served(stack) == "2.0.0"
+        logs = [e.user_message for e in instance.all_logs(back.run_id)]
+        assert any("rolled back by switching" in m for m in logs), "the rollback was not a switch back"
+
+        kept = f"{stack.project}-green"  # 2.1.0's color, kept for the rollback window
+        assert containers(podman_service, kept)
+        expired = run(instance, "expire_blue_green")
+        assert expired.success, failure_of(expired)
+        assert containers(podman_service, kept) == []
+        assert served(stack) == "2.0.0"
+
+        bad = run(instance, "release", version="2.2.0")
+        assert not bad.success
+        message = failure_of(bad)
+        assert "\n" not in message and "2.2.0" in message and "traffic never moved" in message, message
+        assert served(stack) == "2.0.0"
+        meta = last_release(instance, "2.2.0")
+        assert meta["status"] == "rolled_back" and meta["verdict"] == "failed"
+        assert containers(podman_service, kept) == []  # the idle color it was judged on is gone again
