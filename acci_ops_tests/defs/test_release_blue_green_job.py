@@ -11,7 +11,6 @@ instance instead of running ``build_image`` again (that job is tested in test_im
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -27,13 +26,14 @@ import yaml
 
 from acci_ops.dev.podman_service import PodmanService
 from acci_ops.dev.registry import LocalRegistry
-from acci_ops.dev.release_app import APP_PORT, IMAGE_NAME, ReleaseRepo
+from acci_ops.dev.release_app import IMAGE_NAME, ReleaseRepo
+from acci_ops.dev.release_stack import COLOR_PORT, compose_file, project_containers, remove_project
 from acci_ops.dev.request_loop import RequestLoop
 from acci_ops.lib.core.net import free_port
 from acci_ops.lib.releases.proxy import HaproxySwitch
 from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY
 from acci_ops_tests.fixtures.defs import defs_from_env
-from acci_ops_tests.fixtures.release_images import DATABASE_URL, ReleaseImage, ReleaseImages, remove_project
+from acci_ops_tests.fixtures.release_images import ReleaseImage, ReleaseImages
 from acci_ops_tests.fixtures.release_servers import need
 
 IMAGE = dg.AssetKey("acci_image")
@@ -41,29 +41,6 @@ RELEASE = dg.AssetKey(["staging", "acci_release"])
 # /health on every probe, three probes 0.3 s apart: the release app publishes its live metrics on a
 # second port, which a color's own URL does not carry (the compose tests judge those metrics).
 ANALYSIS = {"interval_seconds": 0.3, "count": 3, "metrics": [{"name": "health", "kind": "health"}]}
-
-
-def color_file(path: Path) -> Path:
-    """One color: the release app alone, confined like the shipped blue/green file, on the port acci_ops gives."""
-    path.write_text(
-        "version: '3.8'\n"
-        "services:\n"
-        "  app:\n"
-        "    image: ${ACCI_FRAMEWORK_IMAGE:-acci/release-app:latest}\n"
-        "    network_mode: bridge\n"
-        "    ports:\n"
-        f'      - "127.0.0.1:${{ACCI_FRAMEWORK_PORT:?}}:{APP_PORT}"\n'
-        "    read_only: true\n"
-        "    tmpfs:\n"
-        "      - /tmp\n"
-        "    cap_drop:\n"
-        "      - ALL\n"
-        "    security_opt:\n"
-        "      - no-new-privileges:true\n"
-        "    environment:\n"
-        f'      DATABASE_URL: "{DATABASE_URL}"\n'
-        "    stop_grace_period: 3s\n")
-    return path
 
 
 @dataclass(frozen=True)
@@ -83,6 +60,8 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, podman_service: Podma
     proxy, blue, green = free_port(), free_port(), free_port()
     project = f"bgjob-{tmp_path.name[-8:].lower().replace('_', '-')}".rstrip("-")
     run_dir = Path(tempfile.mkdtemp(prefix="bgj-"))  # short: haproxy's socket path is at most 107 characters
+    color = tmp_path / "color.yml"  # one color: the release app alone on the port acci_ops gives it
+    color.write_text(compose_file(COLOR_PORT, None))
     docker_config = tmp_path / "docker-config"
     docker_config.mkdir(mode=0o700)
     environments = {"environments": {"staging": {
@@ -90,7 +69,7 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, podman_service: Podma
         "dr": {"platform": "compose", "app_url": f"http://127.0.0.1:{proxy}", "compose_project": project,
                "drill_redis_url_env": "STAGING_DRILL_REDIS_URL"},
         "releases": {"strategy": "blue_green", "blue_green_ports": [blue, green],
-                     "blue_green_files": [str(color_file(tmp_path / "color.yml"))], "blue_green_dir": str(run_dir),
+                     "blue_green_files": [str(color)], "blue_green_dir": str(run_dir),
                      "rollback_window_minutes": 0, "load": False, "analysis": ANALYSIS,
                      "timeout_seconds": 30}}}}  # the least allowed: 2.2.0 never gets healthy
     (tmp_path / "environments.yaml").write_text(yaml.safe_dump(environments))
@@ -133,13 +112,6 @@ def failure_of(result: dg.ExecuteInProcessResult) -> str:
 def served(stack: Stack) -> str:
     with urllib.request.urlopen(stack.proxy_url + "/version", timeout=5) as answer:
         return answer.read().decode().strip()
-
-
-def containers(service: PodmanService, project: str) -> list[str]:
-    filters = urllib.parse.quote(json.dumps({"label": [f"com.docker.compose.project={project}"]}))
-    status, body = service.api("GET", f"/containers/json?all=1&filters={filters}")
-    assert status == 200, f"listing containers of {project} answered HTTP {status}"
-    return [c["Id"][:12] for c in json.loads(body or b"[]")]
 
 
 def last_release(instance: dg.DagsterInstance, version: str) -> dict[str, object]:
@@ -187,10 +159,10 @@ def test_blue_green_releases_switch_without_a_failed_request_roll_back_by_switch
         assert any("rolled back by switching" in m for m in logs), "the rollback was not a switch back"
 
         kept = f"{stack.project}-green"  # 2.1.0's color, kept for the rollback window
-        assert containers(podman_service, kept)
+        assert project_containers(podman_service, kept)
         expired = run(instance, "expire_blue_green")
         assert expired.success, failure_of(expired)
-        assert containers(podman_service, kept) == []
+        assert project_containers(podman_service, kept) == []
         assert served(stack) == "2.0.0"
 
         bad = run(instance, "release", version="2.2.0")
@@ -200,4 +172,4 @@ def test_blue_green_releases_switch_without_a_failed_request_roll_back_by_switch
         assert served(stack) == "2.0.0"
         meta = last_release(instance, "2.2.0")
         assert meta["status"] == "rolled_back" and meta["verdict"] == "failed"
-        assert containers(podman_service, kept) == []  # the idle color it was judged on is gone again
+        assert project_containers(podman_service, kept) == []  # the idle color it was judged on is gone again
