@@ -71,7 +71,7 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, podman_service: Podma
         "releases": {"strategy": "blue_green", "blue_green_ports": [blue, green],
                      "blue_green_files": [str(color)], "blue_green_dir": str(run_dir),
                      "rollback_window_minutes": 0, "load": False, "analysis": ANALYSIS,
-                     "timeout_seconds": 30}}}}  # the least allowed: 2.2.0 never gets healthy
+                     "timeout_seconds": 30}}}}
     (tmp_path / "environments.yaml").write_text(yaml.safe_dump(environments))
     for name, value in {"ACCI_ENVIRONMENTS_FILE": str(tmp_path / "environments.yaml"),
                         "STAGING_DATABASE_URL": "postgresql://acci@127.0.0.1:9/acci",  # closed: never used here
@@ -124,11 +124,11 @@ def test_blue_green_releases_switch_without_a_failed_request_roll_back_by_switch
         stack: Stack, release_images: ReleaseImages, podman_service: PodmanService) -> None:
     """2.0.0 goes live through haproxy; 2.1.0 is deployed to the idle color, judged there and switched to under a
     request loop with no failed request; rollback_release is a switch back to 2.0.0 under load, again without a
-    failed request; expire_blue_green then removes the old color (window 0); 2.2.0, whose /health fails, is judged
-    on the idle color, removed, and never gets a request: 2.0.0 keeps serving and the run fails in one line."""
-    v200, v210, v220 = (release_images[v] for v in ("2.0.0", "2.1.0", "2.2.0"))
+    failed request; expire_blue_green then removes the old color (window 0). (A version failing on the idle color
+    is removed before it gets a request: test_blue_green_proxy.py on the engine, test_flow.py for the record.)"""
+    v200, v210 = release_images["2.0.0"], release_images["2.1.0"]
     with dg.instance_for_test() as instance:
-        pushed(instance, v200, v210, v220)
+        pushed(instance, v200, v210)
         first = run(instance, "release", version="2.0.0")
         assert first.success, failure_of(first)
         assert served(stack) == "2.0.0"
@@ -164,12 +164,3 @@ def test_blue_green_releases_switch_without_a_failed_request_roll_back_by_switch
         assert expired.success, failure_of(expired)
         assert project_containers(podman_service, kept) == []
         assert served(stack) == "2.0.0"
-
-        bad = run(instance, "release", version="2.2.0")
-        assert not bad.success
-        message = failure_of(bad)
-        assert "\n" not in message and "2.2.0" in message and "traffic never moved" in message, message
-        assert served(stack) == "2.0.0"
-        meta = last_release(instance, "2.2.0")
-        assert meta["status"] == "rolled_back" and meta["verdict"] == "failed"
-        assert project_containers(podman_service, kept) == []  # the idle color it was judged on is gone again
