@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import kubernetes_validate
@@ -72,15 +71,13 @@ def drill(helm: Path) -> dict[str, dict]:
     return by_kind(render(helm, *VALUE_SETS["drill"], *SECRET_ARGS))
 
 
-def test_install_helm_is_idempotent_and_quick(helm: Path) -> None:
+def test_install_helm_is_idempotent(helm: Path) -> None:
     """A second scripts/install_helm.py run finds the pinned helm, downloads nothing and says so in one line
     (local only: no cluster or Docker engine is available here, none is needed)."""
-    started = time.monotonic()
     done = subprocess.run([sys.executable, str(INSTALL_HELM), "--bin-dir", str(helm.parent)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"install_helm: helm {HELM_VERSION} already at {helm}"]
-    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())

@@ -239,7 +239,9 @@ def test_a_dripping_answer_is_cut_off_at_the_one_deadline(container_tools: Conta
     elapsed = time.monotonic() - started
     assert (outcome.passed, outcome.description) == (False, expected)
     assert outcome.metadata["cleanup"] == "container removed"
-    assert elapsed < 3 + 5, f"the check took {elapsed:.1f} s"
+    # Cut off at the deadline, not after the answer's minute: the bound leaves room for starting and removing
+    # the container on a loaded 2-core machine (8.7 s was seen there), and is still far below the minute.
+    assert elapsed < 30, f"the check took {elapsed:.1f} s: the answer was not cut off at the 3 s deadline"
 
 
 def test_runs_from_a_storage_path_with_a_dot_component_capitals_and_spaces(images: dict[str, Path],
