@@ -86,10 +86,6 @@ class RequestLoop:
             self.total = self.sent
         return self.join()
 
-    @property
-    def done(self) -> bool:
-        return all(not thread.is_alive() for thread in self._threads)
-
     def labels(self) -> Counter:
         return Counter(label for _, _, label in self.answers)
 

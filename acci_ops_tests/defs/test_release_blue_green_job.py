@@ -14,8 +14,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +31,10 @@ from acci_ops.lib.core.net import free_port
 from acci_ops.lib.releases.proxy import HaproxySwitch
 from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY
 from acci_ops_tests.fixtures.defs import defs_from_env
-from acci_ops_tests.fixtures.release_images import ReleaseImage, ReleaseImages
+from acci_ops_tests.fixtures.image_defs import failure_of
+from acci_ops_tests.fixtures.release_images import ReleaseImages, pushed, release_metadata, served_version
 from acci_ops_tests.fixtures.release_servers import need
 
-IMAGE = dg.AssetKey("acci_image")
-RELEASE = dg.AssetKey(["staging", "acci_release"])
 # /health on every probe, three probes 0.3 s apart: the release app publishes its live metrics on a
 # second port, which a color's own URL does not carry (the compose tests judge those metrics).
 ANALYSIS = {"interval_seconds": 0.3, "count": 3, "metrics": [{"name": "health", "kind": "health"}]}
@@ -89,35 +86,11 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, podman_service: Podma
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def pushed(instance: dg.DagsterInstance, *images: ReleaseImage) -> None:
-    """Record each version as its build_image run does once every check passed and it was pushed."""
-    instance.add_dynamic_partitions("acci_versions", [image.version for image in images])
-    for image in images:
-        instance.report_runless_asset_event(dg.AssetMaterialization(
-            IMAGE, partition=image.version, metadata={"image_ref": image.image_ref}))
-
-
 def run(instance: dg.DagsterInstance, job: str, **config: object) -> dg.ExecuteInProcessResult:
     op = {"release": "release_version", "rollback_release": "roll_back", "expire_blue_green": None}[job]
     run_config = {"ops": {op: {"config": {"environment": "staging", "operator": "alice", **config}}}} if op else {}
     return defs_from_env().resolve_job_def(job).execute_in_process(run_config=run_config, instance=instance,
                                                                    raise_on_error=False)
-
-
-def failure_of(result: dg.ExecuteInProcessResult) -> str:
-    return next(e.step_failure_data.user_failure_data.description for e in result.all_events
-                if e.event_type_value == "STEP_FAILURE")
-
-
-def served(stack: Stack) -> str:
-    with urllib.request.urlopen(stack.proxy_url + "/version", timeout=5) as answer:
-        return answer.read().decode().strip()
-
-
-def last_release(instance: dg.DagsterInstance, version: str) -> dict[str, object]:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=RELEASE, asset_partitions=[version]), limit=1).records
-    return {k: getattr(v, "value", v) for k, v in records[0].asset_materialization.metadata.items()}
 
 
 def test_blue_green_releases_switch_without_a_failed_request_roll_back_by_switching_and_expire(
@@ -131,8 +104,8 @@ def test_blue_green_releases_switch_without_a_failed_request_roll_back_by_switch
         pushed(instance, v200, v210)
         first = run(instance, "release", version="2.0.0")
         assert first.success, failure_of(first)
-        assert served(stack) == "2.0.0"
-        meta = last_release(instance, "2.0.0")
+        assert served_version(stack.proxy_url) == "2.0.0"
+        meta = release_metadata(instance, "staging", "2.0.0")
         assert (meta["status"], meta["strategy"], meta["image_ref"]) == ("verified", "blue_green", v200.image_ref)
 
         loop = RequestLoop(stack.proxy_url, total=100_000, rate=100, path="/version").start()
@@ -143,7 +116,7 @@ def test_blue_green_releases_switch_without_a_failed_request_roll_back_by_switch
         assert second.success, failure_of(second)
         assert loop.failures == [], loop.failures[:5]
         assert set(loop.labels()) == {"2.0.0", "2.1.0"} and loop.labels_after(switched) == {"2.1.0"}
-        meta = last_release(instance, "2.1.0")
+        meta = release_metadata(instance, "staging", "2.1.0")
         assert meta["previous_version"] == "2.0.0" and "step_analysis_seconds" not in meta  # judged once, on the color
         assert meta["verdict"] == "passed" and "health" in meta["analysis"]  # the color's measurements, shown
 
@@ -154,7 +127,7 @@ def test_blue_green_releases_switch_without_a_failed_request_roll_back_by_switch
         back_loop.stop()
         assert back.success, failure_of(back)
         assert back_loop.failures == [], back_loop.failures[:5]
-        assert back_loop.labels_after(rolled) == {"2.0.0"} and served(stack) == "2.0.0"
+        assert back_loop.labels_after(rolled) == {"2.0.0"} and served_version(stack.proxy_url) == "2.0.0"
         logs = [e.user_message for e in instance.all_logs(back.run_id)]
         assert any("rolled back by switching" in m for m in logs), "the rollback was not a switch back"
 
@@ -163,4 +136,4 @@ def test_blue_green_releases_switch_without_a_failed_request_roll_back_by_switch
         expired = run(instance, "expire_blue_green")
         assert expired.success, failure_of(expired)
         assert project_containers(podman_service, kept) == []
-        assert served(stack) == "2.0.0"
+        assert served_version(stack.proxy_url) == "2.0.0"

@@ -10,7 +10,6 @@ instead of running ``build_image`` again.
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,10 @@ from acci_ops.dev.release_stack import compose_file, project_containers, remove_
 from acci_ops.lib.core.net import free_port
 from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY
 from acci_ops_tests.fixtures.defs import defs_from_env
-from acci_ops_tests.fixtures.release_images import ReleaseImage, ReleaseImages
+from acci_ops_tests.fixtures.image_defs import failure_of
+from acci_ops_tests.fixtures.release_images import ReleaseImages, pushed, release_metadata, served_version
 from acci_ops_tests.fixtures.release_servers import need
 
-IMAGE = dg.AssetKey("acci_image")
 HISTOGRAM = "caddy_http_request_duration_seconds"
 ANALYSIS = {"interval_seconds": 0.3, "count": 3,
             "default_metrics": {"error_metric": f"{HISTOGRAM}_count", "latency_metric": HISTOGRAM},
@@ -80,33 +79,10 @@ def envs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, podman_service: Podman
             remove_project(podman_service, env.project)
 
 
-def pushed(instance: dg.DagsterInstance, *images: ReleaseImage) -> None:
-    instance.add_dynamic_partitions("acci_versions", [image.version for image in images])
-    for image in images:
-        instance.report_runless_asset_event(dg.AssetMaterialization(
-            IMAGE, partition=image.version, metadata={"image_ref": image.image_ref}))
-
-
 def release(instance: dg.DagsterInstance, environment: str, version: str, **answers: object):  # noqa: ANN201
     config = {"environment": environment, "version": version, "operator": "alice", **answers}
     return defs_from_env().resolve_job_def("release").execute_in_process(
         run_config={"ops": {"release_version": {"config": config}}}, instance=instance, raise_on_error=False)
-
-
-def failure_of(result: dg.ExecuteInProcessResult) -> str:
-    return next(e.step_failure_data.user_failure_data.description for e in result.all_events
-                if e.event_type_value == "STEP_FAILURE")
-
-
-def served(env: Env) -> str:
-    with urllib.request.urlopen(env.url + "/version", timeout=5) as answer:
-        return answer.read().decode().strip()
-
-
-def metadata(instance: dg.DagsterInstance, environment: str, version: str) -> dict[str, object]:
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(
-        asset_key=dg.AssetKey([environment, "acci_release"]), asset_partitions=[version]), limit=1).records
-    return {k: getattr(v, "value", v) for k, v in records[0].asset_materialization.metadata.items()}
 
 
 def test_a_version_goes_to_production_only_verified_on_staging_confirmed_and_backed_up_first(
@@ -121,8 +97,8 @@ def test_a_version_goes_to_production_only_verified_on_staging_confirmed_and_bac
         pushed(instance, good, bad)
         first = release(instance, "staging", "2.0.0")
         assert first.success, failure_of(first)
-        assert served(staging) == "2.0.0"
-        assert metadata(instance, "staging", "2.0.0")["status"] == "verified"
+        assert served_version(staging.url) == "2.0.0"
+        assert release_metadata(instance, "staging", "2.0.0")["status"] == "verified"
 
         unconfirmed = release(instance, "production", "2.0.0")
         assert not unconfirmed.success
@@ -132,8 +108,8 @@ def test_a_version_goes_to_production_only_verified_on_staging_confirmed_and_bac
 
         promoted = release(instance, "production", "2.0.0", confirm="production")
         assert promoted.success, failure_of(promoted)
-        assert served(production) == "2.0.0"
-        meta = metadata(instance, "production", "2.0.0")
+        assert served_version(production.url) == "2.0.0"
+        meta = release_metadata(instance, "production", "2.0.0")
         assert meta["status"] == "verified" and str(meta["backup_key"]).startswith(f"file://{tmp_path}/backups/")
         backups = sorted((tmp_path / "backups" / "production").rglob("*.pgdump*"))
         assert Path(str(meta["backup_key"]).removeprefix("file://")) in backups, backups
@@ -141,13 +117,13 @@ def test_a_version_goes_to_production_only_verified_on_staging_confirmed_and_bac
         sick = release(instance, "staging", "2.3.0")
         assert not sick.success
         assert "rolled back by itself to 2.0.0" in failure_of(sick)
-        assert served(staging) == "2.0.0"
-        assert metadata(instance, "staging", "2.3.0")["status"] == "rolled_back"
+        assert served_version(staging.url) == "2.0.0"
+        assert release_metadata(instance, "staging", "2.3.0")["status"] == "rolled_back"
 
         refused = release(instance, "production", "2.3.0", confirm="production")
         assert not refused.success
         message = failure_of(refused)
         assert message.startswith("version 2.3.0 is not verified on staging: ") and "\n" not in message, message
         assert "release it there first, or set allow_unverified: true" in message
-        assert served(production) == "2.0.0"
+        assert served_version(production.url) == "2.0.0"
         assert sorted((tmp_path / "backups" / "production").rglob("*.pgdump*")) == backups  # none for it

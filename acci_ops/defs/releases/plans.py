@@ -124,7 +124,6 @@ def deployer(context: StepContext, spec: EnvironmentSpec, timeout_seconds: int,
     dr = section_resource(context, "dr", spec.name)
     releases = spec.releases
     with engine_errors(f"{spec.name}: "):
-        check_strategy(spec)
         platform = dr.platform_for(drill=False)
         if releases.strategy != "rolling" and analyse is None:
             raise ConfigError(f"strategy {releases.strategy} judges each step itself and needs the analysis")

@@ -169,6 +169,18 @@ def _repair(target: ReleaseTarget, ledger: ReleaseLedger, environment: str, runt
     return line, target.current(log).image_ref
 
 
+def _judge(deployed: DeployResult, plan: _Deployment, analyse: Analyse, clock: _Clock, step: str) -> AnalysisResult:
+    """The verdict on what ``deployed`` serves: the deployer's own when it already judged it (blue/green's
+    color before the switch, a canary's 100 % step, a blue/green rollback that redeployed), else the
+    analysis run now on its URL. The same version is never measured twice."""
+    if isinstance(deployed.analysis, AnalysisResult):
+        return deployed.analysis
+    began = time.monotonic()
+    result = analyse(plan.analysis, plan.target(deployed.app_url))
+    clock.step(step, began)
+    return result
+
+
 def run_release(plan: ReleasePlan, target: ReleaseTarget, ledger: ReleaseLedger, analyse: Analyse, *,
                 runtime: AppRuntime | None = None, log: Log = print,
                 now: Callable[[], datetime] = _utc_now) -> Outcome:
@@ -196,14 +208,8 @@ def run_release(plan: ReleasePlan, target: ReleaseTarget, ledger: ReleaseLedger,
     clock.step("deploy", began)
 
     result: AnalysisResult | None = None
-    if deployed is not None and isinstance(deployed.analysis, AnalysisResult):
-        # blue/green judged the new color before switching, a canary its 100 % step: not measured twice.
-        result = deployed.analysis
-        verdict, reason = result.verdict, result.reason
-    elif deployed is not None:
-        began = time.monotonic()
-        result = analyse(plan.analysis, plan.target(deployed.app_url))
-        clock.step("analysis", began)
+    if deployed is not None:
+        result = _judge(deployed, plan, analyse, clock, "analysis")
         verdict, reason = result.verdict, result.reason
     else:
         # Nothing new serves (a failed deploy, an idle color or canary that did not pass its own analysis):
@@ -277,12 +283,8 @@ def run_release(plan: ReleasePlan, target: ReleaseTarget, ledger: ReleaseLedger,
     key = ledger.record(rec)
 
     rb_result: AnalysisResult | None = None
-    if rolled is not None and isinstance(rolled.analysis, AnalysisResult):
-        rb_result = rolled.analysis  # the rollback redeployed and judged it (blue/green after its window)
-    elif rolled is not None:
-        began = time.monotonic()
-        rb_result = analyse(plan.analysis, plan.target(rolled.app_url))
-        clock.step("rollback_analysis", began)
+    if rolled is not None:
+        rb_result = _judge(rolled, plan, analyse, clock, "rollback_analysis")
     rb_verdict = rb_result.verdict if rb_result else "failed"
     rb_reason = rb_result.reason if rb_result else f"the rollback did not complete: {rollback_error}"
     rb_started = now()
@@ -329,12 +331,7 @@ def run_rollback(plan: RollbackPlan, target: ReleaseTarget, ledger: ReleaseLedge
     began = time.monotonic()
     rolled = target.rollback(RollbackTarget(image_ref=plan.image_ref), log, runtime=runtime)
     clock.step("rollback", began)
-    if isinstance(rolled.analysis, AnalysisResult):
-        result = rolled.analysis
-    else:
-        began = time.monotonic()
-        result = analyse(plan.analysis, plan.target(rolled.app_url))
-        clock.step("analysis", began)
+    result = _judge(rolled, plan, analyse, clock, "analysis")
     rec = ReleaseRecord(environment=plan.environment, version=plan.version, image_ref=plan.image_ref,
                         kind="rollback", strategy=plan.strategy, verdict=result.verdict,
                         reason=f"rollback by {plan.operator}: {result.reason}", started_at=started, finished_at=now(),

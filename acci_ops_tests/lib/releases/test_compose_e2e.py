@@ -25,16 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from acci_ops.lib.core.commands import child_env
 from acci_ops.lib.releases.deployers import DeployFailed, RollbackTarget, parse_image_ref, write_private_yaml
-from acci_ops_tests.fixtures.release_images import ComposeAppRelease, ReleaseImages
+from acci_ops_tests.fixtures.release_images import ComposeAppRelease, ReleaseImages, served_version
 from acci_ops_tests.fixtures.release_servers import get
 
 Make = Callable[..., ComposeAppRelease]
-
-
-def served_version(release: ComposeAppRelease) -> str:
-    """What the running app says it is (its /version), read through the published port."""
-    with urllib.request.urlopen(release.url + "/version", timeout=5) as answer:
-        return answer.read().decode().strip()
 
 
 def app_requests(release: ComposeAppRelease) -> float:
@@ -57,7 +51,7 @@ def test_a_digest_deploys_serves_and_its_metrics_move_with_traffic_only(
     assert (result.image_ref, result.previous_image_ref) == (image, None)
     assert any("docker-compose 1.29" in line for line in lines), lines
     assert get(release.url + "/health") == 200
-    assert served_version(release) == "2.0.0"
+    assert served_version(release.url) == "2.0.0"
     assert release.current(lines.append).image_ref == image
 
     override = Path(release.run_dir) / release.override_name
@@ -84,12 +78,12 @@ def test_an_unhealthy_release_fails_and_the_previous_digest_is_rolled_back_to(
     message = str(failed.value)
     assert "\n" not in message and "not healthy" in message and "HTTP 503" in message, message
     assert failed.value.previous_image_ref == good and not failed.value.rolled_back
-    assert served_version(release) == "2.2.0"  # what a failed Compose deploy leaves: the new one, unhealthy
+    assert served_version(release.url) == "2.2.0"  # what a failed Compose deploy leaves: the new one, unhealthy
 
     result = release.rollback(RollbackTarget(image_ref=failed.value.previous_image_ref), lambda _line: None)
     assert (result.image_ref, result.previous_image_ref) == (good, sick)
     assert get(release.url + "/health") == 200
-    assert served_version(release) == "2.0.0"
+    assert served_version(release.url) == "2.0.0"
 
 
 def kill_compose_up_midway(release: ComposeAppRelease, image_ref: str, workdir: Path) -> str:
@@ -139,11 +133,11 @@ def test_a_release_killed_midway_is_recovered_by_the_next_one(
     recovered = release.recover_stuck(lines.append, last_image_ref=good)
     assert recovered and "half-finished up" in recovered and good in recovered
     assert get(release.url + "/health") == 200
-    assert served_version(release) == "2.0.0"
+    assert served_version(release.url) == "2.0.0"
     state = release.current(lambda _line: None)
     assert (state.image_ref, state.stuck) == (good, False)
     assert release.deploy(next_one, None, lambda _line: None).previous_image_ref == good
-    assert served_version(release) == "2.1.0"
+    assert served_version(release.url) == "2.1.0"
 
 
 def test_a_digest_missing_from_the_registry_fails_in_one_line_and_the_previous_version_serves(
@@ -162,5 +156,5 @@ def test_a_digest_missing_from_the_registry_fails_in_one_line_and_the_previous_v
     assert failed.value.previous_image_ref == good
     assert "nothing was changed" in message and "manifest unknown" in message, message
     assert get(release.url + "/health") == 200
-    assert served_version(release) == "2.0.0"
+    assert served_version(release.url) == "2.0.0"
     assert release.current(lambda _line: None).image_ref == good
