@@ -4,7 +4,7 @@ Uses the machine's PostgreSQL server binaries (Debian ``postgresql-15``). ``init
 ``pg_ctl`` refuse to run as root, so as root they run as the ``postgres`` system user via
 ``runuser``; clients connect over TCP on 127.0.0.1.
 
-    python -m acci_ops.dev.localpg start DIR PORT [--sample-data]
+    python -m acci_ops.dev.localpg start DIR PORT [--sample-data DBNAME ...]
     python -m acci_ops.dev.localpg stop DIR
     python -m acci_ops.dev.localpg scratch-role DIR PORT   (prints the URL of a non-superuser CREATEDB role)
 """
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     start = sub.add_parser("start")
     start.add_argument("dir")
     start.add_argument("port", type=int)
-    start.add_argument("--sample-data", metavar="DBNAME")
+    start.add_argument("--sample-data", metavar="DBNAME", action="append", default=[],
+                       help="a database to create with the sample schema and rows (repeatable)")
     stop = sub.add_parser("stop")
     stop.add_argument("dir")
     role = sub.add_parser("scratch-role", help="create the non-superuser scratch role; print its URL")
@@ -166,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                                 capture_output=True) if pg.data_dir.exists() else None
         if status is None or status.returncode != 0:
             pg.start()
-        if args.sample_data:
-            load_sample_data(pg, args.sample_data)
-        print(pg.url(args.sample_data or "postgres"))
+        for dbname in args.sample_data:
+            load_sample_data(pg, dbname)
+        print(pg.url(args.sample_data[0] if args.sample_data else "postgres"))
     elif args.command == "scratch-role":
         print(ensure_scratch_role(LocalPostgres(Path(args.dir).resolve(), args.port), args.name))
     else:

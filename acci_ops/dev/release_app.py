@@ -44,7 +44,7 @@ Tags (``TAGS``), each a commit on ``main``:
 Commit and tag dates are fixed, so the same machine always gives the same commit ids (the committed
 binary is the host's caddy: another caddy build gives other ids).
 
-    python -m acci_ops.dev.release_app DEST     # create (or reuse) the repository at DEST
+    python -m acci_ops.dev.release_app DEST [--good-tag v2.6.0]   # create (or reuse) the repository at DEST
 """
 
 from __future__ import annotations
@@ -223,11 +223,33 @@ def create_release_repo(dest: Path) -> ReleaseRepo:
     return ReleaseRepo(dest, git_refs(dest))
 
 
+def add_good_tag(repo: ReleaseRepo, tag: str) -> str:
+    """Add a good release ``tag`` on top of ``main`` (once) and return its commit: ``./run dev`` builds the
+    newest tag first and must start green, and the newest fixture tag (v2.5.0) declares breaking migrations."""
+    if tag in repo.commits:
+        return repo.commits[tag]
+    if not re.fullmatch(r"v\d+\.\d+\.\d+", tag):
+        raise ValueError(f"good tag {tag!r} must look like v2.6.0")
+    env = git_env(_BASE_EPOCH + len(TAGS) * 86400)
+    git = ["git", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false", "-c", "core.fileMode=true"]
+    _write_tree(repo.path, tag[1:], Version(), caddy_files())
+    run_tool([*git, "add", "-A"], cwd=repo.path, env=env)
+    run_tool([*git, "commit", "-q", "-m", f"ACCI Framework {tag}"], cwd=repo.path, env=env)
+    run_tool([*git, "tag", "-a", tag, "-m", f"release {tag}"], cwd=repo.path, env=env)
+    repo.commits[tag] = run_tool(["git", "rev-parse", "HEAD"], cwd=repo.path).strip()
+    return repo.commits[tag]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Create the ACCI Framework release fixture git repository.")
     parser.add_argument("dest", type=Path)
+    parser.add_argument("--good-tag", default=None,
+                        help="also add this good release tag on top (once), e.g. v2.6.0 for ./run dev, whose "
+                             "sensor builds the newest tag first")
     args = parser.parse_args()
     repo = create_release_repo(args.dest)
+    if args.good_tag:
+        add_good_tag(repo, args.good_tag)
     for name, commit in sorted(repo.commits.items()):
         print(f"{name} {commit}")
 

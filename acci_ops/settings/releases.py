@@ -2,7 +2,9 @@
 and the order versions travel through the environments (``promotion``, for the whole code location).
 
 An environment releases with the platform its DR section already declares (helm or compose): the
-section here only says how a release is judged and guarded. Defaults follow from whether the
+section here only says how a release is judged and guarded, unless it names Compose files of its own
+(``compose_files``): then releases go to that Compose project whatever DR drives (``./run dev``, whose
+DR stand-in is a local process, releases the app's images this way). Defaults follow from whether the
 environment is *protected* (by default: the one named ``production``): a protected environment
 needs a typed confirmation, gets a backup before each release, sends no synthetic load, promotes
 nothing by itself and rolls back an inconclusive analysis; any other (staging) releases by itself,
@@ -97,6 +99,18 @@ class ReleasesSpec:
         None, var="ACCI_RELEASE_BLUE_GREEN_DIR",
         help="blue_green: a persistent private directory for haproxy's config, socket and pidfile and the "
              "switch record. Unset: $DAGSTER_HOME/acci_ops/blue_green/<environment>.")
+    compose_files: tuple[str, ...] = setting(
+        (), var="ACCI_RELEASE_COMPOSE_FILES",
+        help="Compose files releases deploy with instead of the DR platform (empty: releases use the DR "
+             "platform, helm or compose). For an environment whose releases go to a Compose project DR "
+             "does not drive.")
+    compose_project: str | None = setting(
+        None, var="ACCI_RELEASE_COMPOSE_PROJECT",
+        help="With compose_files: their Compose project (default: the DR section's compose_project).")
+    app_url: str | None = setting(
+        None, var="ACCI_RELEASE_APP_URL",
+        help="With compose_files: where that project serves the app, judged by the analysis (default: the "
+             "DR section's app_url).")
     canary_steps: tuple[str, ...] = setting(tuple(str(s) for s in DEFAULT_CANARY_STEPS),
                                             var="ACCI_RELEASE_CANARY_STEPS",
                                             help="canary: the traffic weights (percent) stepped through, each "

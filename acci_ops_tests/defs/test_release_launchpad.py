@@ -17,6 +17,7 @@ from acci_ops.lib.core.errors import ConfigError
 from acci_ops.lib.releases.analysis import Target
 from acci_ops.lib.releases.blue_green import BlueGreenRelease
 from acci_ops.lib.releases.canary import CanaryRelease
+from acci_ops.lib.releases.compose_release import ComposeRelease
 from acci_ops.settings import load_settings
 from acci_ops_tests.fixtures.defs import defs_from_env
 
@@ -118,8 +119,8 @@ def test_a_strategy_on_a_platform_it_cannot_run_on_is_refused_when_the_code_loca
     with pytest.raises(ConfigError) as raised:
         defs_from_env()
     assert str(raised.value) == (
-        f"environment 'production': release strategy {strategy} needs the {needs} platform, and its DR platform is "
-        f"{platform}; use rolling, or {'canary' if platform == 'helm' else 'blue_green'} on {platform}")
+        f"environment 'production': release strategy {strategy} needs the {needs} platform, and its releases "
+        f"deploy with {platform}; use rolling, or {'canary' if platform == 'helm' else 'blue_green'} on {platform}")
 
 
 def _deployer_for(monkeypatch, tmp_path, **env: str):  # noqa: ANN202
@@ -133,6 +134,44 @@ def _deployer_for(monkeypatch, tmp_path, **env: str):  # noqa: ANN202
     asked: list[Target] = []
     target = deployer(context, spec, 120, analyse=lambda t: asked.append(t) or "passed")
     return target, asked
+
+
+def test_releases_go_to_their_own_compose_files_when_dr_drives_another_platform(monkeypatch, tmp_path):
+    """With releases.compose_files (DR being a local process here), releases deploy with that Compose project
+    on the releases section's app URL, and the environment releases at all; DR's local platform is untouched."""
+    stack = tmp_path / "app.yml"
+    stack.write_text("services:\n  app:\n    image: acci/app:latest\n")
+    target, _ = _deployer_for(monkeypatch, tmp_path, ACCI_PLATFORM="local", ACCI_LOCAL_APP_COMMAND="true",
+                              ACCI_RELEASE_COMPOSE_FILES=str(stack), ACCI_RELEASE_COMPOSE_PROJECT="dev-production",
+                              ACCI_RELEASE_APP_URL="http://127.0.0.1:18180")
+    assert isinstance(target, ComposeRelease) and not isinstance(target, BlueGreenRelease)
+    assert (target.project, tuple(target.files), target.app_url) == ("dev-production", (str(stack),),
+                                                                      "http://127.0.0.1:18180")
+    defs = defs_from_env()
+    assert defs.resolve_job_def("release") is not None
+    assert defs.resolve_assets_def(dg.AssetKey("acci_release")) is not None
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"ACCI_RELEASE_APP_URL": ""}, "environment 'production': releases.compose_files needs releases.app_url (where "
+                                   "that project serves the app, judged by the analysis)"),
+    ({"ACCI_RELEASE_APP_URL": "http://127.0.0.1:18180", "ACCI_RELEASE_COMPOSE_FILES": "/nonexistent/app.yml"},
+     "Compose file /nonexistent/app.yml not found")])
+def test_release_compose_files_without_an_app_url_or_that_do_not_exist_stop_the_load(monkeypatch, tmp_path, env,
+                                                                                        message):
+    """Refused when the code location loads, in one line, not at the first release."""
+    closed_ports_env(monkeypatch, tmp_path)
+    stack = tmp_path / "app.yml"
+    stack.write_text("services:\n  app:\n    image: acci/app:latest\n")
+    for name, value in {"ACCI_PLATFORM": "local", "ACCI_LOCAL_APP_COMMAND": "true", "ACCI_APP_URL": "",
+                        "ACCI_RELEASE_COMPOSE_FILES": str(stack), **env}.items():
+        if value:
+            monkeypatch.setenv(name, value)
+        else:
+            monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError) as raised:
+        defs_from_env()
+    assert str(raised.value) == message
 
 
 def test_blue_green_is_built_from_the_environment_settings(monkeypatch, tmp_path):

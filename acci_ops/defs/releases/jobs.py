@@ -17,6 +17,7 @@ from acci_ops.defs.releases.plans import (
     previous_in_order,
     promotion_order,
     registry_image,
+    release_platform,
     runtime,
     utc_now,
 )
@@ -59,7 +60,7 @@ def release_assets(specs: list[EnvironmentSpec], settings: Settings) -> list[dg.
                 "It is first in the promotion order: a version whose image checks passed may go here.")
         out.append(dg.AssetSpec(
             release_asset_key(settings, spec), deps=[IMAGE_ASSET], partitions_def=VERSIONS_PARTITIONS,
-            group_name="releases", kinds={spec.dr.platform}, tags={"acci/environment": spec.name},
+            group_name="releases", kinds={release_platform(spec)}, tags={"acci/environment": spec.name},
             description=(
                 f"Each release of a version (partition) to {spec.name}, by digest, with {spec.releases.strategy} and "
                 "the analysis verdict (/health, 5xx ratio, p95 latency from /metrics, PromQL): one materialization "

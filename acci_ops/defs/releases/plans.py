@@ -35,8 +35,26 @@ VERSIONS = "acci_versions"
 
 
 def releasable(settings: Settings) -> list[EnvironmentSpec]:
-    """The environments releases deploy to: those whose DR section names helm or compose."""
-    return [spec for spec in settings.environments if spec.dr and spec.dr.platform in RELEASE_PLATFORMS]
+    """The environments releases deploy to: those whose DR section names helm or compose, or whose
+    releases section names Compose files of its own."""
+    return [spec for spec in settings.environments if spec.dr and release_platform(spec) in RELEASE_PLATFORMS]
+
+
+def release_platform(spec: EnvironmentSpec) -> str:
+    """What releases deploy with: compose when the releases section names Compose files, else DR's platform."""
+    return "compose" if spec.releases.compose_files else spec.dr.platform
+
+
+def compose_platform(spec: EnvironmentSpec) -> ComposePlatform:
+    """The Compose project the releases section names (``compose_files``), with DR's project and app URL
+    where it names none."""
+    releases, dr = spec.releases, spec.dr
+    app_url = releases.app_url or dr.app_url
+    if not app_url:
+        raise ConfigError(f"environment {spec.name!r}: releases.compose_files needs releases.app_url (where that "
+                          "project serves the app, judged by the analysis)")
+    return ComposePlatform(project=releases.compose_project or dr.compose_project,
+                           files=[resolve_deploy_path(f) for f in releases.compose_files], app_url=app_url)
 
 
 def promotion_order(settings: Settings, names: list[str]) -> tuple[str, ...]:
@@ -108,12 +126,14 @@ def registry_image(images: ImageRegistryAccess, version: str, image_ref: str) ->
 def check_strategy(spec: EnvironmentSpec) -> None:
     """blue_green is a Compose strategy and canary a Helm one: refused when the code location loads,
     naming the environment, instead of at the first release."""
-    strategy, platform = spec.releases.strategy, spec.dr.platform
+    strategy, platform = spec.releases.strategy, release_platform(spec)
     needs = STRATEGY_PLATFORMS.get(strategy)
     if needs and platform != needs:
         raise ConfigError(f"environment {spec.name!r}: release strategy {strategy} needs the {needs} platform, and "
-                          f"its DR platform is {platform}; use rolling, or "
+                          f"its releases deploy with {platform}; use rolling, or "
                           + ("canary" if platform == "helm" else "blue_green") + f" on {platform}")
+    if spec.releases.compose_files:
+        compose_platform(spec)  # its files exist, and it has an app URL
 
 
 def deployer(context: StepContext, spec: EnvironmentSpec, timeout_seconds: int,
@@ -124,7 +144,7 @@ def deployer(context: StepContext, spec: EnvironmentSpec, timeout_seconds: int,
     dr = section_resource(context, "dr", spec.name)
     releases = spec.releases
     with engine_errors(f"{spec.name}: "):
-        platform = dr.platform_for(drill=False)
+        platform = compose_platform(spec) if spec.releases.compose_files else dr.platform_for(drill=False)
         if releases.strategy != "rolling" and analyse is None:
             raise ConfigError(f"strategy {releases.strategy} judges each step itself and needs the analysis")
         if isinstance(platform, HelmPlatform):
@@ -146,7 +166,7 @@ def deployer(context: StepContext, spec: EnvironmentSpec, timeout_seconds: int,
                     rollback_window_minutes=releases.rollback_window_minutes, timeout_seconds=timeout_seconds,
                     runner=platform.runner)
             return ComposeRelease.from_platform(platform, timeout_seconds=timeout_seconds)
-    raise dg.Failure(description=(f"environment {spec.name} is deployed by the {spec.dr.platform} platform; "
+    raise dg.Failure(description=(f"environment {spec.name} is deployed by the {release_platform(spec)} platform; "
                                   f"releases deploy with {' or '.join(RELEASE_PLATFORMS)} only"))
 
 

@@ -41,7 +41,9 @@ def build_first_release_sensor(spec: EnvironmentSpec, job: dg.JobDefinition) -> 
         if not version:
             context.log.info("an acci_image materialization without a version partition; nothing to release")
             return None
-        return dg.RunRequest(run_key=f"release:{spec.name}:{version}:{asset_event.storage_id}",
+        # One release per materialization: a forced rebuild of a version (a new build run) releases again.
+        built_by = asset_event.run_id or f"{asset_event.timestamp:.6f}"
+        return dg.RunRequest(run_key=f"release:{spec.name}:{version}:{built_by}",
                              run_config=_run_config(spec.name, version, f"sensor release_{spec.name}_on_new_image"),
                              tags={TRIGGER_TAG: AUTOMATIC, "acci/release-environment": spec.name})
 
