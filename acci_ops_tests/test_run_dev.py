@@ -1,5 +1,6 @@
-"""`./run dev` pushes its first image build and stops everything it started on SIGTERM and on SIGINT
-(Ctrl-C), and can start again.
+"""`./run dev` pushes its first image build, releases it to staging by itself (the daemon's sensor, a
+release run deploying a container on the private podman service, the analysis passing), and stops
+everything it started on SIGTERM and on SIGINT (Ctrl-C), and can start again.
 
 TERM stops `dagster dev` and its children too, not only PostgreSQL and Redis: one left running
 would hold the UI port, so the next `./run dev` could not bind. This test starts the real
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,6 +29,9 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 UP_TIMEOUT_S = 180  # generous: under a full suite on 2 cores a dagster dev start took up to ~40 s
 PUSH_TIMEOUT_S = 240  # generous: the README promises about a minute on a developer's machine
+RELEASE_TIMEOUT_S = 240  # generous: sensor tick (30 s), deploy, a 6 x 1 s analysis, under a loaded suite
+VERIFIED_QUERY = """query($key: AssetKeyInput!) { assetOrError(assetKey: $key) { ... on Asset {
+  assetMaterializations(limit: 5) { partition metadataEntries { label ... on TextMetadataEntry { text } } } } } }"""
 STOP_TIMEOUT_S = 30
 
 
@@ -101,6 +106,56 @@ def _wait_ui(port: int, proc: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"Dagster UI did not answer on port {port} within {UP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
+def _free_port_pair() -> int:
+    """A port whose next one is free too (an environment's app and metrics ports)."""
+    for _ in range(50):
+        port = _free_port()
+        if port < 65535 and _port_is_free(port + 1):
+            return port
+    raise AssertionError("no two consecutive free ports found")
+
+
+def _release_status(ui: int, environment: str, version: str) -> str | None:
+    """The status recorded on ``<environment>/acci_release``'s newest materialization of ``version``."""
+    body = json.dumps({"query": VERIFIED_QUERY, "variables": {"key": {"path": [environment, "acci_release"]}}})
+    request = urllib.request.Request(f"http://127.0.0.1:{ui}/graphql", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        asset = json.loads(r.read())["data"]["assetOrError"]
+    for event in (asset or {}).get("assetMaterializations") or []:
+        if event["partition"] == version:
+            return next((e.get("text") for e in event["metadataEntries"] if e["label"] == "status"), None)
+    return None
+
+
+def _wait_verified(ui: int, app_port: int, version: str, proc: subprocess.Popen, log: Path) -> None:
+    """Until staging's release of ``version`` is recorded verified, and the app there serves it."""
+    deadline = time.monotonic() + RELEASE_TIMEOUT_S
+    status = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"./run dev exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            status = _release_status(ui, "staging", version)
+        except (OSError, ValueError, KeyError):
+            status = None
+        if status is not None:
+            break
+        time.sleep(1)
+    problems = [line for line in log.read_text().splitlines() if "release_staging_on_new_image" in line and
+                ("ERROR" in line or "error" in line)]
+    assert status == "verified", (f"staging's release of {version}: {status or 'none within the timeout'}; "
+                                  f"{problems[-3:] or log.read_text()[-3000:]}")
+    with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/version", timeout=5) as r:
+        assert r.read().decode().strip() == version
+
+
+def _engine_dir(log: Path) -> Path:
+    """The podman service's directory, from the line ./run dev logs about the releases."""
+    found = re.findall(r"containers of the podman service at unix://(\S+)/podman\.sock", log.read_text())
+    assert found, f"./run dev logged no podman service:\n{log.read_text()[-2000:]}"
+    return Path(found[-1])
+
+
 def _wait_pushed(registry: int, tag: str, proc: subprocess.Popen, log: Path) -> None:
     """Until the dev registry serves ``tag`` of the fixture image (the sensor's first build)."""
     deadline = time.monotonic() + PUSH_TIMEOUT_S
@@ -159,21 +214,26 @@ def _stop_and_check(proc: subprocess.Popen, sig: signal.Signals, ports: list[int
     assert not busy, f"ports still bound after {sig.name} of ./run dev: {busy}"
 
 
-def test_run_dev_pushes_its_first_build_stops_everything_on_term_and_int_and_starts_again() -> None:
+def test_run_dev_pushes_its_first_build_releases_it_to_staging_stops_everything_on_term_and_int_and_starts_again(
+) -> None:
     """From a dev directory like the default ``$ROOT/.acci_dev`` (a dot component, here also under a
-    directory with capitals): the first start builds, smoke-tests and pushes v1.5.0 without any
-    ACCI_IMAGE_SMOKE_* setting; then TERM and INT each stop everything."""
+    directory with capitals): the first start builds, smoke-tests and pushes v2.6.0 without any
+    ACCI_IMAGE_SMOKE_* setting, and the daemon releases it to staging, where it is verified and served;
+    then TERM and INT each stop everything, the container engine's directory included."""
     top = Path(tempfile.mkdtemp(prefix="acci_dev_test_"))
     dev_dir = top / "Dev" / ".acci_dev"
     dev_dir.mkdir(parents=True)
     ui, pg, redis, registry = _free_port(), _free_port(), _free_port(), _free_port()
-    ports = [ui, pg, redis, registry]
+    staging, production = _free_port_pair(), _free_port_pair()
+    ports = [ui, pg, redis, registry, staging, staging + 1, production, production + 1]
     # redis-server rewrites its command line to "redis-server 127.0.0.1:<port>".
     markers = [str(dev_dir), f"-p {ui}", f"--port {ui}", f"--port {redis}", f":{redis}", f":{pg}", f"-p {pg}",
                f"--port {registry}", str(dev_dir / "registry")]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCI_", "DAGSTER_"))}
     env.update(ACCI_DEV_DIR=str(dev_dir), ACCI_DEV_UI_PORT=str(ui), ACCI_DEV_PG_PORT=str(pg),
-               ACCI_DEV_REDIS_PORT=str(redis), ACCI_DEV_REGISTRY_PORT=str(registry))
+               ACCI_DEV_REDIS_PORT=str(redis), ACCI_DEV_REGISTRY_PORT=str(registry),
+               ACCI_DEV_STAGING_PORT=str(staging), ACCI_DEV_PRODUCTION_PORT=str(production),
+               ACCI_DEV_ANALYSIS_INTERVAL="1")
     log = top.parent / f"{top.name}.log"
     sessions: list[int] = []
     try:
@@ -184,13 +244,17 @@ def test_run_dev_pushes_its_first_build_stops_everything_on_term_and_int_and_sta
             sessions.append(proc.pid)
             _wait_ui(ui, proc, log)
             if sig == signal.SIGTERM:
-                _wait_pushed(registry, "1.5.0", proc, log)
+                _wait_pushed(registry, "2.6.0", proc, log)
+                _wait_verified(ui, staging, "2.6.0", proc, log)
+            engine = _engine_dir(log)
+            markers.append(str(engine))
             started = log.read_text()
             # No start-up noise: neither Dagster warning ("dagster.yaml ... will not be used", "dev_command is
             # superseded") applies to how ./run dev runs dagster dev.
             assert "will not be used" not in started, started[-2000:]
             assert "is superseded" not in started, started[-2000:]
             _stop_and_check(proc, sig, ports, markers, log)
+            assert not engine.exists(), f"the podman service's directory {engine} is still there after {sig.name}"
         # It ran in the test's own dev directory, not in the repository's .acci_dev.
         assert (dev_dir / "dagster_home" / "dagster.yaml").is_file(), f"ACCI_DEV_DIR {dev_dir} was not used"
         # Image builds were set up: the fixture repository and the registry's storage.
@@ -218,9 +282,8 @@ exit 100
 BASE_TOOLS = ["bash", "env", "id", "ls", "mkdir", "tee", "cat", "dirname", "mktemp", "grep", "rm", "python3"]
 
 
-@pytest.mark.parametrize(("command", "wants_compose"), [("dev", False), ("test", True)])
-def test_run_installs_only_what_the_command_needs_and_explains_a_held_dpkg_lock(
-        tmp_path: Path, command: str, wants_compose: bool) -> None:
+@pytest.mark.parametrize("command", ["dev", "test"])
+def test_run_installs_what_the_command_needs_and_explains_a_held_dpkg_lock(tmp_path: Path, command: str) -> None:
     fakebin = tmp_path / "bin"
     fakebin.mkdir()
     for tool in BASE_TOOLS:
@@ -236,8 +299,9 @@ def test_run_installs_only_what_the_command_needs_and_explains_a_held_dpkg_lock(
     assert out.returncode == 1, out.stderr
     install = [c for c in calls.read_text().splitlines() if c.startswith("install")]
     assert len(install) == 1, calls.read_text()
-    assert ("docker-compose" in install[0].split()) is wants_compose, install[0]
-    assert {"postgresql-client-15", "zstd", "redis-server"} <= set(install[0].split()), install[0]
+    # Both release with docker-compose and the docker CLI (docker.io) against a private podman service.
+    assert {"postgresql-client-15", "zstd", "redis-server", "docker-compose", "docker.io"} <= set(install[0].split()), \
+        install[0]
     hint = [line for line in out.stderr.splitlines() if "another apt/dpkg is running" in line]
     assert len(hint) == 1, out.stderr
     assert "ps aux | grep -E 'apt|dpkg'" in hint[0] and "wait" in hint[0], hint[0]

@@ -12,6 +12,9 @@ from acci_ops.lib.releases.policy import WAIT, check_window, soak_satisfied
 from acci_ops.settings import EnvironmentSpec, Settings
 
 PROMOTION_INTERVAL_SECONDS = 300
+# A new image is released to the first environment within this many seconds (the check reads only the
+# event log: cheap enough to run often).
+FIRST_RELEASE_INTERVAL_SECONDS = 10
 
 
 def _run_config(environment: str, version: str, operator: str) -> dict:
@@ -30,6 +33,7 @@ def build_first_release_sensor(spec: EnvironmentSpec, job: dg.JobDefinition) -> 
 
     @dg.asset_sensor(
         asset_key=IMAGE_ASSET, job=job, name=f"release_{spec.name}_on_new_image", default_status=_status(spec),
+        minimum_interval_seconds=FIRST_RELEASE_INTERVAL_SECONDS,
         description=(f"Releases each version whose image was built, checked and pushed (a new acci_image "
                      f"materialization) to {spec.name}, the first environment of the promotion order. "
                      + ("On by default: it acts on no protected environment." if not
