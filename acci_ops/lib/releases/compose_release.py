@@ -12,8 +12,8 @@ with ``docker inspect`` until they run the new image (and are healthy, where a h
 the app's ``/health`` must answer 2xx, all within the same timeout. Which one runs is decided by the
 version ``<compose> version`` reports, not by the command's name, and is logged.
 
-Container state is read as data, not log lines: v2 ``ps --all --format json``, v1 ``ps -q`` plus
-``docker inspect --format`` with a template that prints the name, image and state only (never the
+Container state is read as data, not log lines: v2 ``ps --all --format json``, v1 ``docker ps`` by the
+project's labels plus ``docker inspect --format`` with a template that prints the name, image and state only (never the
 container's environment, which holds DATABASE_URL).
 """
 
@@ -268,13 +268,23 @@ class ComposeRelease(ReleaseTarget):
         if flavor.version[0] >= 2:
             return parse_ps_json(self._capture(self._base(flavor) + ["ps", "--all", "--format", "json", self.service],
                                                log), self.project)
-        ids = self._capture(self._base(flavor) + ["ps", "-q", self.service], log).decode(errors="replace").split()
+        # The containers docker-compose 1.x labels as this project's service (not its one-off `run`s): what
+        # `docker-compose ps -q` lists, asked of the docker CLI, which answers in milliseconds where
+        # docker-compose 1.x, a Python program, takes about a second to start.
+        ids = self._capture(self.ps_argv(), log).decode(errors="replace").split()
         for cid in ids:
             if not _CONTAINER_ID.fullmatch(cid):
-                raise AcciOpsError(f"docker-compose ps -q printed {shown(cid)}, not a container id")
+                raise AcciOpsError(f"docker ps printed {shown(cid)}, not a container id")
         if not ids:
             return []
         return parse_inspect_lines(self._capture([self.docker, "inspect", "--format", INSPECT_FORMAT, *ids], log))
+
+    def ps_argv(self) -> list[str]:
+        """docker-compose 1.x: the app service's containers, running or not, by the labels it sets."""
+        return [self.docker, "ps", "--all", "--quiet", "--no-trunc",
+                "--filter", f"label=com.docker.compose.project={self.project}",
+                "--filter", f"label=com.docker.compose.service={self.service}",
+                "--filter", "label=com.docker.compose.oneoff=False"]
 
     def current(self, log: Log) -> CurrentState:
         found = self.containers(log)

@@ -1,9 +1,9 @@
 """ComposeRelease: pin the app service to a digest in a generated override file, `up` again, roll back by
 deploying the previous digest, and bring back a half-finished `up`.
 
-No Docker engine serves Compose projects on this machine, so the Compose CLI is driven through a recording
-runner standing in for run_command: it records each exact argv (with the override file's content and mode
-at that moment) and plays back what `docker compose ps --format json`, `docker-compose ps -q` and
+Here the Compose CLI is driven through a recording runner standing in for run_command (test_compose_e2e.py
+deploys on a real engine): it records each exact argv (with the override file's content and mode
+at that moment) and plays back what `docker compose ps --format json`, `docker ps --quiet` and
 `docker inspect` print. The pieces that need no engine run for real: the Compose CLI found on this machine
 is detected through the real `version` commands, the generated override is merged by the real Compose CLI
 (`config`) with the shipped files, and docker-compose 1.x's /health wait talks to a real HTTP server.
@@ -88,8 +88,10 @@ class Compose:
             code, out = (answer, b"") if isinstance(answer, int) else (0, answer)
         elif argv[0] == "docker" and argv[1] == "inspect":
             out = self._next(self.inspect)
+        elif argv[:2] == ["docker", "ps"]:
+            out = self._next(self.ids)
         elif "ps" in argv:
-            out = self._next(self.ids) if "-q" in argv else self._next(self.ps)
+            out = self._next(self.ps)
         elif argv[:3] == ["docker", "image", "inspect"]:
             code = 0 if argv[-1] in self.local_images else 1
         elif argv[:2] == ["docker", "pull"]:
@@ -173,7 +175,10 @@ def test_v1_is_chosen_when_docker_compose_v2_is_missing_and_it_polls_instead_of_
     assert result.previous_image_ref == A and result.image_ref == B
     argvs = compose.argvs()
     assert argvs[:2] == [["docker", "compose", "version"], ["docker-compose", "version"]]
-    assert argvs[2] == ["docker-compose", *files(), "ps", "-q", "app"]
+    assert argvs[2] == ["docker", "ps", "--all", "--quiet", "--no-trunc",
+                        "--filter", "label=com.docker.compose.project=acci",
+                        "--filter", "label=com.docker.compose.service=app",
+                        "--filter", "label=com.docker.compose.oneoff=False"]
     assert argvs[3] == ["docker", "inspect", "--format", INSPECT_FORMAT, ID_OLD]
     assert argvs[4:6] == [["docker", "image", "inspect", "--format", "{{.Id}}", B], ["docker", "pull", B]]
     up = argvs[6]
@@ -259,7 +264,7 @@ def test_hostile_ps_json_is_a_one_line_error(answer, message):
 
 def test_hostile_v1_answers():
     v1 = {("docker", "compose"): 1, ("docker-compose",): V1}
-    with pytest.raises(AcciOpsError, match="docker-compose ps -q printed '--rm', not a container id"):
+    with pytest.raises(AcciOpsError, match="docker ps printed '--rm', not a container id"):
         release(Compose(v1, ids=[b"--rm\n"])).current(print)
     with pytest.raises(AcciOpsError, match=r"'state' of container 'acci_app_1' is not a string \(got null\)"):
         release(Compose(v1, ids=[ID_OLD.encode()], inspect=[b'{"name": "/acci_app_1", "image": "x"}\n'])).current(print)
