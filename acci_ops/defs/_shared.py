@@ -16,6 +16,7 @@ starts and never appear in the definitions, the UI or run config.
 
 from __future__ import annotations
 
+import json
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -72,6 +73,29 @@ def run_step(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, 
         raise dg.Failure(description=str(exc)) from None
     except AcciOpsError as exc:
         raise dg.Failure(description=str(exc)) from None
+
+
+# --- run tags ----------------------------------------------------------------------------------------
+
+K8S_CONFIG_TAG = "dagster-k8s/config"
+# The Kubernetes Job deadline of a heavy job with no maximum runtime of its own: a net for a Job the run
+# monitor no longer watches (dagster#16535), long enough for any real restore.
+DEFAULT_DEADLINE_SECONDS = 86400
+
+
+def k8s_run_tags(settings: Settings, kind: str, max_runtime_seconds: int | None = None) -> dict[str, str]:
+    """``dagster-k8s/config`` for a heavy job's run pod under K8sRunLauncher: requests and limits of the
+    kind (``kubernetes`` settings; CPU is requested, not capped), ``activeDeadlineSeconds`` = the job's
+    maximum runtime (so Kubernetes stops a pod the run monitor gave up on) and ``ttlSecondsAfterFinished``.
+    Other launchers ignore the tag."""
+    spec = settings.kubernetes
+    requests = spec.resources(kind)
+    limits = {name: value for name, value in requests.items() if name != "cpu"}
+    config = {"container_config": {"resources": {"requests": requests, "limits": limits}},
+              "job_spec_config": {"active_deadline_seconds": int(max_runtime_seconds or DEFAULT_DEADLINE_SECONDS),
+                                  "ttl_seconds_after_finished": spec.ttl_seconds_after_finished},
+              "pod_template_spec_metadata": {"labels": {"acci/operation-kind": kind.replace("_", "-")}}}
+    return {K8S_CONFIG_TAG: json.dumps(config, sort_keys=True)}
 
 
 # --- resources: keys and lookup --------------------------------------------------------------------

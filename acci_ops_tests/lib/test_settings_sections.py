@@ -199,7 +199,7 @@ def test_settings_and_environments_are_built_by_keyword_and_refuse_unknown_secti
         EnvironmentSpec(name="prod", backups=backup)
     with pytest.raises(TypeError, match=r"^EnvironmentSpec needs the backup section$"):
         EnvironmentSpec(name="prod")
-    with pytest.raises(TypeError, match=r"^Settings has no section 'image'; its sections: alerts, images, promotion$"):
+    with pytest.raises(TypeError, match=r"^Settings has no section 'image'; its sections: alerts, images, promotion, kubernetes$"):
         Settings(environments=(spec,), image=model.ImagesSpec())
 
 
@@ -211,7 +211,7 @@ def test_each_built_in_section_is_registered_by_its_one_import_line():
     __init__ adds each built-in section with one import of its module."""
     init = (REPO / "acci_ops" / "settings" / "__init__.py").read_text()
     assert [s.name for s in registered()] == ["backup", "validation", "dr", "alerts", "images", "releases",
-                                            "promotion"]
+                                            "promotion", "kubernetes"]
     for registration in registered():
         module = registration.spec.__module__
         # A module may register a companion section (releases registers promotion, its order).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from acci_ops.defs._shared import k8s_run_tags
 from acci_ops.defs.backups.assets import GROUP, MAX_RUNTIME_TAG, RUNTIME_MARGIN_SECONDS, nightly_max_runtime_seconds
 from acci_ops.settings import Settings
 
@@ -24,7 +25,8 @@ def build_nightly_backup_job(settings: Settings):  # noqa: ANN201 - an unresolve
             "Backs up every environment's ACCI database to object storage and copies it offsite where "
             "configured. One backup per environment at a time (pools); stopped after the maximum runtime."
         ),
-        tags={MAX_RUNTIME_TAG: str(max_runtime), "acci/operation": "backup"},
+        tags={MAX_RUNTIME_TAG: str(max_runtime), "acci/operation": "backup",
+              **k8s_run_tags(settings, "backup", max_runtime)},
         executor_def=dg.in_process_executor if single else None,
     )
 

@@ -26,7 +26,7 @@ def build_defs(settings: Settings, resources: Mapping[str, object]) -> dg.Defini
     drilled = [spec for spec in specs if spec.validates]
     if drilled:
         assets = [build_drill_asset(drilled, settings)]
-        drill = build_drill_job(assets[0])
+        drill = build_drill_job(assets[0], settings)
         jobs.append(drill)
         schedules.append(build_drill_schedule(drill, settings))
     return dg.Definitions(assets=assets, jobs=jobs, schedules=schedules, resources=own)

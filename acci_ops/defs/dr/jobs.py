@@ -9,7 +9,7 @@ from pydantic import Field
 
 from acci_ops.defs._contracts import BackupEnvironment, Notifier, validated_asset_key
 from acci_ops.defs._launchpad import NonBlankString, environment_enum
-from acci_ops.defs._shared import asset_key, resource_keys, section_resource
+from acci_ops.defs._shared import asset_key, k8s_run_tags, resource_keys, section_resource
 from acci_ops.defs.dr.plans import Plan, check_confirmation, environment_spec, plan_drill, plan_recovery
 from acci_ops.lib.core.steps import human_duration
 from acci_ops.lib.dr.procedures import ProcedureReport, run_drill, run_recovery, store_procedure_report
@@ -109,7 +109,7 @@ def build_drill_asset(specs: list[EnvironmentSpec], settings: Settings) -> dg.As
     return run_dr_drill
 
 
-def build_drill_job(drill: dg.AssetsDefinition) -> UnresolvedAssetJobDefinition:
+def build_drill_job(drill: dg.AssetsDefinition, settings: Settings) -> UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         name="dr_drill",
         selection=dg.AssetSelection.assets(drill),
@@ -120,7 +120,7 @@ def build_drill_job(drill: dg.AssetsDefinition) -> UnresolvedAssetJobDefinition:
             "targets, stores the report beside the backups and materializes the environment's dr_drill asset. "
             "Never touches production."
         ),
-        tags={"acci/operation": "drill"},
+        tags={"acci/operation": "drill", **k8s_run_tags(settings, "dr")},
     )
 
 
@@ -218,7 +218,7 @@ def build_recovery_job(specs: list[EnvironmentSpec], settings: Settings,
             "another environment's backups, and unvalidated ones unless overridden. "
             "See docs/runbooks/disaster-recovery.md."
         ),
-        tags={"acci/operation": "dr"},
+        tags={"acci/operation": "dr", **k8s_run_tags(settings, "dr")},
         resource_defs=dict(resources),
     )
     def disaster_recovery() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from acci_ops.defs._shared import k8s_run_tags
 from acci_ops.defs.images.assets import ASSET_KEY, build_image_asset
 from acci_ops.defs.images.jobs import build_image_cleanup_job, build_image_cleanup_schedule
 from acci_ops.defs.images.resources import RESOURCE_KEY, images_resource
@@ -32,7 +33,8 @@ def build_defs(settings: Settings) -> dg.Definitions:
             "no-op (config force: true rebuilds and must reproduce the same digest)."),
         # Run monitoring stops a run past dagster/max_runtime (dagster.yaml run_monitoring): the build
         # has its own timeout, the smoke test its deadline; clone, other checks and push get 30 min.
-        tags={"acci/operation": "image_build", "dagster/max_runtime": str(max_runtime_seconds(spec))},
+        tags={"acci/operation": "image_build", "dagster/max_runtime": str(max_runtime_seconds(spec)),
+              **k8s_run_tags(settings, "image_build", max_runtime_seconds(spec))},
         executor_def=dg.in_process_executor,
     )
     # The smoke test brings its own private database and Redis (lib/images/sandbox.py): never the

@@ -8,7 +8,7 @@ import dagster as dg
 
 from acci_ops.defs._contracts import IMAGE_ASSET, IMAGES_RESOURCE, BackupEnvironment, Notifier
 from acci_ops.defs._launchpad import NonBlankString, environment_enum
-from acci_ops.defs._shared import asset_key, engine_errors, resource_keys, section_resource
+from acci_ops.defs._shared import asset_key, engine_errors, k8s_run_tags, resource_keys, section_resource
 from acci_ops.defs.releases.plans import (
     VERSIONS,
     built_image,
@@ -252,7 +252,7 @@ def build_release_job(specs: list[EnvironmentSpec], settings: Settings,
             "the digest pinned); runs the analysis (/health, 5xx ratio, p95 latency, PromQL); on a failed or "
             "inconclusive verdict rolls back to the previous verified version by itself and analyses it again; "
             "records the release, signed, and materializes <environment>/acci_release. See docs/releases.md."),
-        tags={"acci/operation": "release"},
+        tags={"acci/operation": "release", **k8s_run_tags(settings, "release")},
         resource_defs=dict(resources),
     )
     def release() -> None:
@@ -354,7 +354,7 @@ def build_rollback_job(specs: list[EnvironmentSpec], settings: Settings,
             "analysis there (or to_version). Refused when the running version's migrations are breaking (restore "
             "the backup instead). Never held by a promotion window. Analyses the version put back and records "
             "the rollback, which withdraws the verification of the version rolled away from."),
-        tags={"acci/operation": "release"},
+        tags={"acci/operation": "release", **k8s_run_tags(settings, "release")},
         resource_defs=dict(resources),
     )
     def rollback_release() -> None:

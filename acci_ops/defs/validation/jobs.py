@@ -6,7 +6,7 @@ from datetime import timedelta
 import dagster as dg
 
 from acci_ops.defs._contracts import validated_asset_key
-from acci_ops.defs._shared import engine_errors, resource_keys, section_resource
+from acci_ops.defs._shared import engine_errors, k8s_run_tags, resource_keys, section_resource
 from acci_ops.defs.validation.checks import check_key
 from acci_ops.defs.validation.resources import AcciValidation
 from acci_ops.lib.postgres.scratch import drop_stale_scratch_databases
@@ -22,7 +22,7 @@ def build_validate_job(specs: list[EnvironmentSpec], settings: Settings):  # noq
             "Restores one backup into a scratch database and checks it (the restores_cleanly check), then records "
             "the newest validated backup. Launched by backup_validation_sensor for every backup that lands."
         ),
-        tags={"acci/operation": "validation"},
+        tags={"acci/operation": "validation", **k8s_run_tags(settings, "validation")},
     )
 
 
