@@ -199,7 +199,8 @@ def test_settings_and_environments_are_built_by_keyword_and_refuse_unknown_secti
         EnvironmentSpec(name="prod", backups=backup)
     with pytest.raises(TypeError, match=r"^EnvironmentSpec needs the backup section$"):
         EnvironmentSpec(name="prod")
-    with pytest.raises(TypeError, match=r"^Settings has no section 'image'; its sections: alerts, images, promotion, kubernetes$"):
+    with pytest.raises(TypeError,
+                       match=r"^Settings has no section 'image'; its sections: alerts, images, promotion, kubernetes$"):
         Settings(environments=(spec,), image=model.ImagesSpec())
 
 
