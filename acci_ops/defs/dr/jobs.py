@@ -121,6 +121,7 @@ def build_drill_job(drill: dg.AssetsDefinition, settings: Settings) -> Unresolve
             "Never touches production."
         ),
         tags={"acci/operation": "drill", **k8s_run_tags(settings, "dr")},
+        executor_def=dg.in_process_executor,  # one asset step: no step process of its own
     )
 
 
@@ -219,6 +220,7 @@ def build_recovery_job(specs: list[EnvironmentSpec], settings: Settings,
             "See docs/runbooks/disaster-recovery.md."
         ),
         tags={"acci/operation": "dr", **k8s_run_tags(settings, "dr")},
+        executor_def=dg.in_process_executor,  # one op: no step process of its own
         resource_defs=dict(resources),
     )
     def disaster_recovery() -> None:
