@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "images": {"core", "postgres"},
     # Releases reuse DR's probes and the platform backends, and sign their records with the backup keyring.
     "releases": {"core", "storage", "postgres", "backup", "platform", "dr"},
+    "instance": {"core"},
 }
 FORBIDDEN_PREFIXES = ("dagster", "acci_ops.defs", "acci_ops.dev", "acci_ops_tests", "acci_ops.settings",
                       "acci_ops.definitions")
