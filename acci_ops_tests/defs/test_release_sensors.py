@@ -91,7 +91,9 @@ def test_each_new_image_becomes_one_release_run_to_staging_with_valid_launchpad_
 
         later = tick(defs, "release_staging_on_new_image", instance, first.cursor)
         built(instance, "2.7.0", partition=False)
-        assert tick(defs, "release_staging_on_new_image", instance, later.cursor).run_requests == []
+        unversioned = tick(defs, "release_staging_on_new_image", instance, later.cursor)
+        assert unversioned.run_requests == []
+        assert unversioned.cursor != later.cursor  # the materialization was read, and refused
 
 
 def test_production_promotion_is_off_by_default_and_waits_for_the_soak(monkeypatch, tmp_path):

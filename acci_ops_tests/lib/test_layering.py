@@ -27,7 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "images": {"core", "postgres"},
     # Releases reuse DR's probes and the platform backends, and sign their records with the backup keyring.
     "releases": {"core", "storage", "postgres", "backup", "platform", "dr"},
-    "instance": {"core"},
+    # The instance check takes image references by the grammar releases deploy by.
+    "instance": {"core", "releases"},
 }
 FORBIDDEN_PREFIXES = ("dagster", "acci_ops.defs", "acci_ops.dev", "acci_ops_tests", "acci_ops.settings",
                       "acci_ops.definitions")

@@ -20,10 +20,10 @@ from pathlib import Path
 import yaml
 
 from acci_ops.lib.core.errors import ConfigError
+from acci_ops.lib.releases.deployers import parse_image_ref
 
 POSTGRES_KEYS = ("username", "password", "hostname", "db_name")
 LAUNCHERS = {"DockerRunLauncher": "dagster_docker", "K8sRunLauncher": "dagster_k8s"}
-_DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -42,9 +42,11 @@ def _from_env(value: object, key: str) -> None:
 
 
 def _digest(value: object, key: str) -> None:
-    if not isinstance(value, str) or not _DIGEST_REF.fullmatch(value):
+    try:
+        parse_image_ref(value, key)  # the reference grammar releases deploy by
+    except ConfigError:
         raise ConfigError(f"{key} {value!r} is not an image by digest (repo@sha256:<64 hex>): a tag can move, "
-                          "and a run would start another version than its code server")
+                          "and a run would start another version than its code server") from None
 
 
 def check_storage(doc: Mapping) -> None:
