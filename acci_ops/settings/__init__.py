@@ -56,14 +56,15 @@ from acci_ops.settings.alerts import AlertSpec
 from acci_ops.settings.images import BUILD_BACKENDS, CONTAINER_ENGINES, SCAN_SEVERITIES, ImagesSpec
 from acci_ops.settings.releases import PromotionSpec, ReleasesSpec
 from acci_ops.settings.kubernetes import KubernetesSpec
+from acci_ops.settings.ops_image import OpsImageSpec
 # isort: on
 
 __all__ = [
     "BUILD_BACKENDS", "CONTAINER_ENGINES", "DEFAULT_COMPOSE_FILES", "DEFAULT_ENVIRONMENT", "DEFAULT_START_DATE",
     "DEFAULT_TIMEZONE", "ENVIRONMENT_KEYS", "PLATFORMS", "RETENTION_VARIABLES", "SCAN_SEVERITIES",
     "VALIDATION_TOP_LEVEL_KEYS", "AlertSpec", "BackupSpec", "DrSpec", "EnvironmentSpec", "ImagesSpec",
-    "KubernetesSpec", "OffsiteSpec", "PromotionSpec", "ReleasesSpec", "Section", "Settings", "ValidationSpec",
-    "base_type",
+    "KubernetesSpec", "OffsiteSpec", "OpsImageSpec", "PromotionSpec", "ReleasesSpec", "Section", "Settings",
+    "ValidationSpec", "base_type",
     "environment_keys", "file_keys",
     "load_section", "load_settings", "parse_start_date", "register", "registered", "setting",
     "start_date_from", "unregister", "url_scheme",

@@ -46,6 +46,7 @@ SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/ppc6
 LABEL_PREFIX = "org.opencontainers.image."
 MIN_FREE_MB = 512
 NO_NETWORK = "none"
+BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Where podman keeps the networks an operator creates (CNI, netavark): a named build network is
 # copied from there into the build's own network directory.
 NETWORK_CONFIG_DIRS = (Path("/etc/cni/net.d"), Path("/etc/containers/networks"))
@@ -333,8 +334,9 @@ def check_free_space(directory: Path, min_free_mb: int = MIN_FREE_MB) -> None:
 
 def build_argv(storage: ContainerTools, checkout: Checkout, platforms: Sequence[str], *, list_name: str,
                dockerfile: Path, context: Path, labels: Mapping[str, str], network: str = NO_NETWORK,
-               authfile: Path | None = None) -> list[str]:
-    """``buildah build``'s arguments. No ``--tls-verify``: it would apply to every registry a FROM
+               authfile: Path | None = None, build_args: Mapping[str, str] | None = None) -> list[str]:
+    """``buildah build``'s arguments (``build_args``: ``--build-arg`` values, never secrets: they are
+    recorded in the image's history). No ``--tls-verify``: it would apply to every registry a FROM
     names; the target registry's exception is in the build's registries.conf. RUN steps run under
     runc (``--isolation oci``): chroot isolation refuses any network but the host's."""
     argv = ["build", "--isolation", "oci", "--network", check_build_network(network), "--format", "oci",
@@ -343,6 +345,10 @@ def build_argv(storage: ContainerTools, checkout: Checkout, platforms: Sequence[
             "--build-arg", f"SOURCE_DATE_EPOCH={checkout.commit_epoch}", "-f", str(dockerfile)]
     if authfile:
         argv += ["--authfile", str(authfile)]
+    for key, value in (build_args or {}).items():
+        if not BUILD_ARG_NAME.fullmatch(key):
+            raise ConfigError(f"build argument name {key!r} is not a name (letters, digits, _)")
+        argv += ["--build-arg", f"{key}={value}"]
     for key, value in labels.items():
         argv += ["--label", f"{key}={value}"]
     argv.append(str(context))
@@ -354,7 +360,8 @@ def build_index(tools: ContainerTools, checkout: Checkout, platforms: Sequence[s
                 extra_labels: Mapping[str, str] | None = None, log: LineSink | None = None,
                 tls_verify: bool = True, registry_host: str | None = None, authfile: Path | None = None,
                 min_free_mb: int = MIN_FREE_MB, timeout: float = 3600, network: str = NO_NETWORK,
-                network_dirs: Sequence[Path] = NETWORK_CONFIG_DIRS) -> LocalIndex:
+                network_dirs: Sequence[Path] = NETWORK_CONFIG_DIRS,
+                build_args: Mapping[str, str] | None = None) -> LocalIndex:
     """Build ``checkout`` for ``platforms`` into ``workdir/oci`` and return what was built.
 
     ``tls_verify=False`` turns TLS verification off for ``registry_host`` (the target registry)
@@ -388,7 +395,8 @@ def build_index(tools: ContainerTools, checkout: Checkout, platforms: Sequence[s
     list_name = f"localhost/acci-build-{checkout.short}-{uuid.uuid4().hex[:8]}"
     configure_build(storage, network_file, insecure_registry)
     argv = build_argv(storage, checkout, platforms, list_name=list_name, dockerfile=dockerfile_path,
-                      context=context_path, labels=labels, network=network, authfile=authfile)
+                      context=context_path, labels=labels, network=network, authfile=authfile,
+                      build_args=build_args)
     lines: list[str] = []
 
     def sink(line: str) -> None:
@@ -396,7 +404,8 @@ def build_index(tools: ContainerTools, checkout: Checkout, platforms: Sequence[s
         if log:
             log(line)
 
-    bases = from_images(dockerfile_path.read_text(errors="replace"), {"SOURCE_DATE_EPOCH": str(checkout.commit_epoch)})
+    bases = from_images(dockerfile_path.read_text(errors="replace"),
+                        {"SOURCE_DATE_EPOCH": str(checkout.commit_epoch), **(build_args or {})})
     started = time.monotonic()
     try:
         try:

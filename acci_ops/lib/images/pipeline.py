@@ -74,6 +74,10 @@ class ImageSettings:
     min_free_mb: int = 512
     build_timeout_seconds: float = 3600  # the buildah build is killed after this long
     build_network: str = "none"  # RUN steps' network: none (default), host or a podman network name
+    build_args: tuple[tuple[str, str], ...] = ()  # --build-arg NAME=VALUE (recorded in the image: no secrets)
+    # Called with the exported checkout before the build: adds to the context what RUN must not fetch
+    # (the acci_ops image's wheelhouse). Its failure stops the build with its one-line cause.
+    prepare_context: Callable[[Path, LineSink], None] | None = field(default=None, compare=False, repr=False)
 
     def registry(self) -> Registry:
         return Registry(self.repository, self.username, self.password, self.tls_verify)
@@ -268,10 +272,13 @@ def build_version(settings: ImageSettings, ref: str, *, tools: ContainerTools | 
         checkout = source.checkout(settings.source_repo, ref, workdir / "src", pattern=settings.tag_pattern, log=say,
                                    expected_commit=expected_commit)
         report.revision = checkout.commit
+        if settings.prepare_context is not None:
+            settings.prepare_context(checkout.path, say)
         local = build_index(tools, checkout, platforms, workdir=workdir, dockerfile=settings.dockerfile,
                             context=settings.context, title=settings.title, log=say, tls_verify=settings.tls_verify,
                             min_free_mb=settings.min_free_mb, timeout=settings.build_timeout_seconds,
-                            registry_host=registry.ref.host, network=settings.build_network)
+                            registry_host=registry.ref.host, network=settings.build_network,
+                            build_args=dict(settings.build_args))
         report.index_digest = local.index_digest
         report.platforms = {p: img.digest for p, img in local.platforms.items()}
         report.size_bytes = {p: img.size_bytes for p, img in local.platforms.items()}
