@@ -7,7 +7,10 @@ spec), a launcher image named by a tag (a run could start another version than i
 monitoring off (a run worker that dies leaves the run STARTING forever: dagster#8312). Run it where
 the file is deployed, before the processes start:
 
-    python -m acci_ops.lib.instance.check /opt/dagster/dagster_home/dagster.yaml
+    python -m acci_ops.lib.instance.check /opt/dagster/dagster_home/dagster.yaml [--env-file acci-ops.env]
+
+``--env-file``: the Compose env file of the code server; each name in it must be in the launcher's
+``env_vars``, or run containers would run without it.
 """
 
 from __future__ import annotations
@@ -93,6 +96,32 @@ def check_monitoring(doc: Mapping) -> None:
                           "STARTING forever and no alert fires")
 
 
+def env_file_names(text: str) -> list[str]:
+    """The variable names a Compose ``env_file`` sets (``NAME=value`` lines; comments and blanks skipped)."""
+    names = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name = line.removeprefix("export ").partition("=")[0].strip()
+        if not _VARIABLE.fullmatch(name):
+            raise ConfigError(f"line {number} is not NAME=value")
+        names.append(name)
+    return names
+
+
+def check_env_names(doc: Mapping, names: list[str], where: str) -> None:
+    """Every variable the code location gets must reach run containers too: a name the code server has
+    but the launcher does not pass makes a run load other settings, or die before it reports (STARTING
+    forever, dagster#8312)."""
+    config = _mapping(_mapping(doc.get("run_launcher"), "run_launcher").get("config", {}), "run_launcher.config")
+    passed = set(config.get("env_vars") or [])
+    for name in names:
+        if name not in passed:
+            raise ConfigError(f"{name} is set in {where} but not in run_launcher.config.env_vars: run containers "
+                              "would not get it")
+
+
 def check_instance(doc: object) -> None:
     """Raise ConfigError (one line naming the key) for a configuration acci_ops must not run with."""
     doc = _mapping(doc, "dagster.yaml")
@@ -101,7 +130,7 @@ def check_instance(doc: object) -> None:
     check_monitoring(doc)
 
 
-def check_file(path: Path) -> None:
+def check_file(path: Path, env_file: Path | None = None) -> None:
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
@@ -110,17 +139,29 @@ def check_file(path: Path) -> None:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     try:
         check_instance(doc)
+        if env_file is not None:
+            try:
+                names = env_file_names(Path(env_file).read_text())
+            except OSError as exc:
+                raise ConfigError(f"{env_file} cannot be read ({exc.strerror})") from None
+            except ConfigError as exc:
+                raise ConfigError(f"{env_file}: {exc}") from None
+            check_env_names(doc, names, str(env_file))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    env_file = None
+    if len(args) == 3 and args[1] == "--env-file":
+        env_file = Path(args.pop(2))
+        args.pop(1)
     if len(args) != 1:
-        print("usage: python -m acci_ops.lib.instance.check DAGSTER_YAML", file=sys.stderr)
+        print("usage: python -m acci_ops.lib.instance.check DAGSTER_YAML [--env-file ENV_FILE]", file=sys.stderr)
         return 2
     try:
-        check_file(Path(args[0]))
+        check_file(Path(args[0]), env_file)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

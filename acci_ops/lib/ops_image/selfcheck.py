@@ -43,12 +43,15 @@ def check(module: str = "acci_ops.definitions") -> dict[str, object]:
         found[tool] = line
     found["zstd"] = _version(["zstd", "--version"])
     found["helm"] = _version(["helm", "version", "--short"])
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/tmp", "DAGSTER_HOME": os.environ.get("DAGSTER_HOME", "/tmp")}
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/tmp", "DAGSTER_HOME": os.environ.get("DAGSTER_HOME", "/tmp"),
+           "NO_COLOR": "1"}
     done = subprocess.run(["dagster", "definitions", "validate", "-m", module], capture_output=True, text=True,
                           timeout=300, check=False, env=env)
     if done.returncode != 0:
         lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        raise SystemExit(f"the code location does not load: {lines[-1] if lines else 'no output'}")
+        # The exception's own line (the last "SomeError: ..." of the traceback) says why, not the summary.
+        errors = [line for line in lines if re.match(r"^[A-Za-z_.]+(Error|Exception)\b", line)]
+        raise SystemExit(f"the code location does not load: {(errors or lines or ['no output'])[-1]}")
     found["definitions"] = "valid"
     return found
 
