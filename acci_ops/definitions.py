@@ -15,12 +15,11 @@ from acci_ops.defs.alerts import definitions as alerts
 from acci_ops.defs.backups import definitions as backups
 from acci_ops.defs.dr import definitions as dr
 from acci_ops.defs.images import definitions as images
-from acci_ops.defs.ops_image import definitions as ops_image
 from acci_ops.defs.releases import definitions as releases
 from acci_ops.defs.validation import definitions as validation
 from acci_ops.settings import Settings, load_settings
 
-DOMAINS = (backups, validation, images, ops_image, alerts)  # each builds alone: build_defs(settings)
+DOMAINS = (backups, validation, images, alerts)  # each builds alone: build_defs(settings)
 # Built last, in this order: build_defs(settings, the resources of every domain built before it).
 LATE = (dr, releases)
 

@@ -19,6 +19,7 @@ pytest_plugins = [
     "acci_ops_tests.fixtures.git_http",
     "acci_ops_tests.fixtures.release_servers",
     "acci_ops_tests.fixtures.release_images",
+    "acci_ops_tests.fixtures.ops_image",
     "acci_ops_tests.fixtures.markers",
     "acci_ops_tests.fixtures.schedule",
 ]

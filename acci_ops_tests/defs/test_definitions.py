@@ -39,6 +39,8 @@ EVERY_CAPABILITY = {
     "ACCI_DRILL_REDIS_URL": "redis://127.0.0.1:6379/1",
     "ACCI_SOURCE_REPO": "https://git.example.test/acci/framework.git",
     "ACCI_IMAGE_REPOSITORY": "registry.example.test/acci/framework",
+    "ACCI_OPS_SOURCE_REPO": "https://git.example.test/acci/acci-ops.git",
+    "ACCI_OPS_IMAGE_REPOSITORY": "registry.example.test/acci/acci-ops",
     "ACCI_ALERT_WEBHOOK_URL": "https://hooks.example.test/services/T/B/hook",
 }
 
@@ -55,8 +57,8 @@ def test_names_and_descriptions(monkeypatch):
     repo = defs.get_repository_def()
     jobs = {j.name: j for j in repo.get_all_jobs() if not j.name.startswith("__")}
     assert set(jobs) == {"nightly_backup", "backup_retention", "validate_backup", "scratch_cleanup",
-                         "dr_drill", "disaster_recovery", "build_image", "image_cleanup", "release",
-                         "rollback_release"}
+                         "dr_drill", "disaster_recovery", "build_image", "build_ops_image", "image_cleanup",
+                         "release", "rollback_release"}
     assert {s.name for s in repo.schedule_defs} == {
         "nightly_backup_schedule", "backup_retention_schedule", "scratch_cleanup_schedule",
         "dr_drill_schedule", "image_cleanup_schedule"}
@@ -64,7 +66,7 @@ def test_names_and_descriptions(monkeypatch):
                                                   "source_tag_sensor", "release_production_on_new_image"}
     assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == {
         "db_backup", "db_backup_offsite", "db_backup_validated", "dr_drill", "acci_image",
-        "acci_release"}
+        "acci_ops_image", "acci_release"}
     for job in jobs.values():
         assert job.description, job.name
     for schedule in repo.schedule_defs:
@@ -290,6 +292,7 @@ def test_each_domain_builds_its_own_definitions(monkeypatch):
         "nightly_backup": "backups", "backup_retention": "backups", "validate_backup": "validation",
         "scratch_cleanup": "validation", "backup_validation_sensor": "validation", "dr_drill": "dr",
         "disaster_recovery": "dr", "run_failure_alert_sensor": "alerts", "build_image": "images",
+        "build_ops_image": "images",
         "image_cleanup": "images", "source_tag_sensor": "images", "release": "releases",
         "rollback_release": "releases", "release_production_on_new_image": "releases"}
 

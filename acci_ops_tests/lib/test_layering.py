@@ -29,6 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "releases": {"core", "storage", "postgres", "backup", "platform", "dr"},
     # The instance check takes image references by the grammar releases deploy by.
     "instance": {"core", "releases"},
+    # acci_ops's own image: the image pipeline's engine, checks and policy.
+    "ops_image": {"core", "images"},
 }
 FORBIDDEN_PREFIXES = ("dagster", "acci_ops.defs", "acci_ops.dev", "acci_ops_tests", "acci_ops.settings",
                       "acci_ops.definitions")

@@ -200,7 +200,8 @@ def test_settings_and_environments_are_built_by_keyword_and_refuse_unknown_secti
     with pytest.raises(TypeError, match=r"^EnvironmentSpec needs the backup section$"):
         EnvironmentSpec(name="prod")
     with pytest.raises(TypeError,
-                       match=r"^Settings has no section 'image'; its sections: alerts, images, promotion, kubernetes$"):
+                       match=r"^Settings has no section 'image'; its sections: alerts, images, promotion, kubernetes, "
+                             r"ops_image$"):
         Settings(environments=(spec,), image=model.ImagesSpec())
 
 
@@ -212,7 +213,7 @@ def test_each_built_in_section_is_registered_by_its_one_import_line():
     __init__ adds each built-in section with one import of its module."""
     init = (REPO / "acci_ops" / "settings" / "__init__.py").read_text()
     assert [s.name for s in registered()] == ["backup", "validation", "dr", "alerts", "images", "releases",
-                                            "promotion", "kubernetes"]
+                                            "promotion", "kubernetes", "ops_image"]
     for registration in registered():
         module = registration.spec.__module__
         # A module may register a companion section (releases registers promotion, its order).

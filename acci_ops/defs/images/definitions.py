@@ -1,4 +1,5 @@
-"""Images: ACCI Framework's container image per version, its build job and the tag sensor."""
+"""Images: ACCI Framework's container image per version, its build job and the tag sensor; and
+acci_ops's own code-location image (``ops_image``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dagster as dg
 from acci_ops.defs._shared import k8s_run_tags
 from acci_ops.defs.images.assets import ASSET_KEY, build_image_asset
 from acci_ops.defs.images.jobs import build_image_cleanup_job, build_image_cleanup_schedule
+from acci_ops.defs.images.ops_image import build_ops_image_defs
 from acci_ops.defs.images.resources import RESOURCE_KEY, images_resource
 from acci_ops.defs.images.sensors import build_source_tag_sensor
 from acci_ops.settings import ImagesSpec, Settings
@@ -19,7 +21,12 @@ def max_runtime_seconds(spec: ImagesSpec) -> int:
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
-    """Nothing unless ACCI_SOURCE_REPO and ACCI_IMAGE_REPOSITORY are both set."""
+    """ACCI Framework's images when ACCI_SOURCE_REPO and ACCI_IMAGE_REPOSITORY are set; acci_ops's own
+    when ACCI_OPS_SOURCE_REPO and ACCI_OPS_IMAGE_REPOSITORY are."""
+    return dg.Definitions.merge(_framework_defs(settings), build_ops_image_defs(settings))
+
+
+def _framework_defs(settings: Settings) -> dg.Definitions:
     spec = settings.images
     if not spec.enabled:
         return dg.Definitions()

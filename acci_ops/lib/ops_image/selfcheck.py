@@ -10,7 +10,7 @@ the code server would load it.
 from __future__ import annotations
 
 import json
-import os
+import os  # getuid only
 import re
 import subprocess
 import sys
@@ -43,10 +43,9 @@ def check(module: str = "acci_ops.definitions") -> dict[str, object]:
         found[tool] = line
     found["zstd"] = _version(["zstd", "--version"])
     found["helm"] = _version(["helm", "version", "--short"])
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/tmp", "DAGSTER_HOME": os.environ.get("DAGSTER_HOME", "/tmp"),
-           "NO_COLOR": "1"}
+    # The container's own environment (the smoke test sets HOME, DAGSTER_HOME and NO_COLOR; nothing else).
     done = subprocess.run(["dagster", "definitions", "validate", "-m", module], capture_output=True, text=True,
-                          timeout=300, check=False, env=env)
+                          timeout=300, check=False)
     if done.returncode != 0:
         lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
         # The exception's own line (the last "SomeError: ..." of the traceback) says why, not the summary.

@@ -39,7 +39,8 @@ def ops_smoke(engine: ContainerEngine, oci_dir: str | Path, *, timeout: float = 
             return CheckOutcome(CHECK_NAME, False, "ERROR", f"the image has no {target} platform to run here")
         engine.check()
         loaded = engine.load(Path(oci_dir), target, manifests[target].config_digest, say)
-        options = [*isolation_options(SmokeConfig(memory_mb=1024)), "--env", "DAGSTER_HOME=/tmp", "--env", "HOME=/tmp"]
+        options = [*isolation_options(SmokeConfig(memory_mb=1024)), "--env", "DAGSTER_HOME=/tmp", "--env", "HOME=/tmp",
+                   "--env", "NO_COLOR=1"]
         engine.run(name, loaded.ref, options, COMMAND, env={}, log=say)
         deadline = time.monotonic() + timeout
         status, code = engine.state(name)

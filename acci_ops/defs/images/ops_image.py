@@ -1,5 +1,5 @@
-"""The acci_ops image: acci_ops's own code-location image, built, checked and pushed by the image
-pipeline ACCI Framework's images go through (``build_ops_image``)."""
+"""The acci_ops image: acci_ops's own code-location image, a second image source built, checked and
+pushed by the pipeline ACCI Framework's images go through (``build_ops_image``)."""
 
 import dataclasses
 import re
@@ -152,7 +152,7 @@ def build_ops_image_asset(spec: OpsImageSpec) -> dg.AssetsDefinition:
     return build_acci_ops_image
 
 
-def build_defs(settings: Settings) -> dg.Definitions:
+def build_ops_image_defs(settings: Settings) -> dg.Definitions:
     """Nothing unless ACCI_OPS_SOURCE_REPO and ACCI_OPS_IMAGE_REPOSITORY are both set."""
     spec = settings.ops_image
     if not spec.enabled:
