@@ -47,7 +47,8 @@ COMMAND = "python scripts/gen_configuration.py"
 # (titled after its field), so these only make the page read better.
 TITLES = {"backup": "Backups", "offsite": "Offsite copies", "validation": "Backup validation",
           "dr": "Disaster recovery and drills", "alerts": "Alerts", "images": "Image builds",
-          "releases": "Releases", "promotion": "Promotion order"}
+          "releases": "Releases", "promotion": "Promotion order", "kubernetes": "Kubernetes run pods",
+          "ops_image": "The acci_ops image"}
 PAGES = {"backup": "backups.md", "offsite": "backups.md#offsite-copies", "validation": "backups.md#backup-validation",
          "dr": "disaster-recovery.md", "alerts": "alerts.md", "images": "images.md",
          "releases": "releases.md", "promotion": "releases.md#promotion"}

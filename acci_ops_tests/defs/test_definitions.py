@@ -78,7 +78,8 @@ def test_names_and_descriptions(monkeypatch):
     checks = sorted(defs.resolve_asset_graph().asset_check_keys, key=lambda c: c.to_user_string())
     assert [c.to_user_string() for c in checks] == [
         "acci_image:elf_architecture", "acci_image:image_policy", "acci_image:smoke_test",
-        "acci_image:vulnerability_scan", "db_backup:restores_cleanly"]
+        "acci_image:vulnerability_scan", "acci_ops_image:elf_architecture", "acci_ops_image:image_policy",
+        "acci_ops_image:ops_image_smoke", "acci_ops_image:vulnerability_scan", "db_backup:restores_cleanly"]
     for check in checks:
         assert defs.resolve_asset_graph().get_check_spec(check).description, check
 

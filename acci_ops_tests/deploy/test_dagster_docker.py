@@ -56,6 +56,20 @@ class Stack:
         subprocess.run([*self.compose, "up", "-d", "--force-recreate", *services], env=self.env, check=True,
                        capture_output=True, text=True, timeout=600)
 
+    def wait_for_daemon(self, timeout: float = 180) -> None:
+        """A (re)created daemon has loaded the instance and polls the run queue."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            logs = self.docker("logs", f"{PROJECT}_dagster-daemon_1", check=False)
+            if "QueuedRunCoordinatorDaemon" in logs.stdout + logs.stderr:
+                return
+            time.sleep(1)
+        raise AssertionError(f"the daemon did not start polling the run queue within {timeout:g} s")
+
+    def daemon_log(self) -> str:
+        logs = self.docker("logs", "--tail", "30", f"{PROJECT}_dagster-daemon_1", check=False)
+        return (logs.stdout + logs.stderr)[-3000:]
+
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -115,6 +129,7 @@ def stack(ops_image: OpsImageBuild, registry: LocalRegistry, pg_server: PgServer
     try:
         built.up()
         built.wait_ready()
+        built.wait_for_daemon()
         yield built
     finally:
         subprocess.run([*compose, "down", "-v", "--timeout", "5"], env=env, capture_output=True, timeout=300)
@@ -221,9 +236,10 @@ def test_a_variable_the_launcher_passes_but_the_daemon_lacks_fails_the_run_namin
     host_network_stack(stack.base, extra_env_vars=("ACCI_OPS_FORGOTTEN_VARIABLE",))
     try:
         stack.up("dagster-daemon")
+        stack.wait_for_daemon()
         run_id = launch_run(stack.url, "nightly_backup", tags={"dagster/partition": "2026-12-01"})
-        status, _ = wait_for_run(stack.url, run_id, timeout=120)
-        assert status == "FAILURE"
+        status, _ = wait_for_run(stack.url, run_id, timeout=180)
+        assert status == "FAILURE", stack.daemon_log()
         messages = run_messages(stack.url, run_id)
         assert any("ACCI_OPS_FORGOTTEN_VARIABLE" in m for m in messages), messages[-4:]
     finally:

@@ -117,3 +117,37 @@ def test_the_committed_dev_instance_is_refused_for_production():
     """The repository's dagster.yaml is the embedded dev default (SQLite, default launcher): the check says so."""
     with pytest.raises(ConfigError, match=r"dagster\.yaml: storage is missing: production needs storage\.postgres"):
         check_file(Path(__file__).resolve().parents[2] / "dagster.yaml")
+
+
+DOCKER_DIR = Path(__file__).resolve().parents[2] / "deploy" / "dagster" / "docker"
+
+
+def test_the_shipped_docker_instance_passes_ours_and_dagsters_schema(tmp_path, monkeypatch):
+    """deploy/dagster/docker/dagster.yaml with its example env file: PostgreSQL storage from variables,
+    DockerRunLauncher passing every name of the env file, run monitoring on."""
+    check_file(DOCKER_DIR / "dagster.yaml", DOCKER_DIR / "acci-ops.env.example")
+    (tmp_path / "dagster.yaml").write_text((DOCKER_DIR / "dagster.yaml").read_text())
+    for name in ("DAGSTER_POSTGRES_USER", "DAGSTER_POSTGRES_PASSWORD", "DAGSTER_POSTGRES_HOST", "DAGSTER_POSTGRES_DB",
+                 "ACCI_OPS_RUN_NETWORK"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("DAGSTER_POSTGRES_PORT", "5432")
+    config, _ = dagster_instance_config(str(tmp_path))
+    assert config["run_launcher"]["class"] == "DockerRunLauncher"
+    assert config["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+
+
+def test_a_variable_of_the_env_file_the_launcher_does_not_pass_is_one_line(tmp_path):
+    """A name the code server gets from acci-ops.env but runs would not (dagster#8312's STARTING forever)."""
+    env_file = tmp_path / "acci-ops.env"
+    env_file.write_text((DOCKER_DIR / "acci-ops.env.example").read_text() + "ACCI_OFFSITE_URL=s3://offsite/acci\n")
+    with pytest.raises(ConfigError) as failure:
+        check_file(DOCKER_DIR / "dagster.yaml", env_file)
+    assert str(failure.value) == (f"{DOCKER_DIR / 'dagster.yaml'}: ACCI_OFFSITE_URL is set in {env_file} but not in "
+                                  "run_launcher.config.env_vars: run containers would not get it")
+    env_file.write_text("# settings\nACCI_DATABASE_URL=postgresql://x\nnot a variable\n")
+    with pytest.raises(ConfigError, match=r"acci-ops.env: line 3 is not NAME=value$"):
+        check_file(DOCKER_DIR / "dagster.yaml", env_file)
+    done = subprocess.run([sys.executable, "-m", "acci_ops.lib.instance.check", str(DOCKER_DIR / "dagster.yaml"),
+                           "--env-file", str(tmp_path / "missing.env")], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("missing.env cannot be read (No such file or directory)")

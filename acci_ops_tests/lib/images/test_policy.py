@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -42,6 +43,8 @@ def images(container_tools: ContainerTools, tmp_path_factory: pytest.TempPathFac
         "passwd_root": (BASE + "COPY passwd /etc/passwd\nUSER app\n" + ENTRY, {"passwd": PASSWD_APP_ROOT}, None),
         "passwd_user": (BASE + "COPY passwd /etc/passwd\nUSER app\n" + ENTRY, {"passwd": PASSWD_APP_USER}, None),
         "chain21": (BASE + "COPY rootfs/ /\nUSER 65532\n" + ENTRY, {}, CHAIN_21),
+        "setuid": (BASE + "COPY --chmod=4755 httpd /usr/local/bin/helper\nUSER 65532\n" + ENTRY, {}, None),
+        "setgid": (BASE + "COPY --chmod=2755 httpd /usr/local/bin/helper\nUSER 65532\n" + ENTRY, {}, None),
     }
     for name, (dockerfile, files, links) in specs.items():
         made[name] = build_oci(container_tools, tmp_path_factory.mktemp(f"policy-{name}"), dockerfile,
@@ -67,12 +70,28 @@ def test_good_image_passes(images: dict[str, Path], tmp_path: Path) -> None:
     ("user_plus_zero", "linux/amd64: runs as root (USER +0)"),  # runc reads "+0" as uid 0
     ("passwd_root", "linux/amd64: runs as root (USER app: uid 0 in the image's /etc/passwd)"),
     ("chain21", "linux/amd64: shell /bin/sh present"),  # the shell behind 21 links is found
+    ("setuid", "linux/amd64: /usr/local/bin/helper is setuid"),  # a way to root for the unprivileged user
+    ("setgid", "linux/amd64: /usr/local/bin/helper is setgid"),
 ])
 def test_bad_image_refused_with_one_line(images: dict[str, Path], image: str, line: str) -> None:
     outcome = image_policy(images[image])
     assert not outcome.passed and outcome.severity == "ERROR"
     assert outcome.description == line
     assert outcome.metadata["violations"] == [line]
+
+
+def test_a_policy_that_allows_a_shell_and_dpkg_still_refuses_root_and_setuid(images: dict[str, Path]) -> None:
+    """The acci_ops image's policy (a shell and dpkg by necessity) lets those through and nothing else."""
+    allowing = PolicyConfig(allow_shell=True, allow_package_manager=True, max_mb=0.5,
+                            size_setting="ACCI_OPS_IMAGE_MAX_MB")
+    for name in ("shell", "dpkg"):
+        outcome = image_policy(images[name], dataclasses.replace(allowing, max_mb=None))
+        assert outcome.passed, outcome.description
+        assert "shell and package manager allowed for this image" in outcome.description
+    setuid, size = image_policy(images["setuid"], allowing).metadata["violations"]
+    assert setuid == "linux/amd64: /usr/local/bin/helper is setuid"
+    assert size.endswith(" MB exceeds the 0.5 MB limit (ACCI_OPS_IMAGE_MAX_MB)")  # the image's own setting
+    assert image_policy(images["root"], allowing).metadata["violations"][0] == "linux/amd64: runs as root (no USER set)"
 
 
 def test_secret_in_env_refused_and_never_repeated(images: dict[str, Path]) -> None:
