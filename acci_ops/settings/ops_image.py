@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from acci_ops.lib.core.errors import ConfigError
 from acci_ops.lib.images.build import check_build_network, parse_platforms
+from acci_ops.lib.releases.deployers import parse_image_ref
 from acci_ops.settings._fields import load_section, setting
 from acci_ops.settings._registry import Section, register
 
@@ -52,6 +53,11 @@ class OpsImageSpec:
                             help="Largest allowed acci_ops image per platform, compressed, in MB (image policy).")
     smoke_timeout_seconds: float = setting(300, var="ACCI_OPS_IMAGE_SMOKE_TIMEOUT_SECONDS", minimum=1,
                                            help="How long the image's selfcheck may take in its smoke test.")
+    running_image: str | None = setting(
+        None, var="DAGSTER_CURRENT_IMAGE", resource=False,
+        help=("The image this code server runs in, as the deployment tells Dagster (the Compose file and the "
+              "Helm chart set it; run launchers start runs from it). Must be by digest: with a tag, a run could "
+              "start another version of acci_ops than the code server that planned it."))
 
     @property
     def enabled(self) -> bool:
@@ -68,6 +74,11 @@ def _from_variables(environ: Mapping[str, str]) -> OpsImageSpec:
                           f"{missing} is unset")
     if spec.offline and not spec.wheelhouse:
         raise ConfigError("ACCI_OPS_IMAGE_OFFLINE=true needs ACCI_OPS_IMAGE_WHEELHOUSE (where the wheels are)")
+    if spec.running_image:
+        try:
+            parse_image_ref(spec.running_image, "DAGSTER_CURRENT_IMAGE")
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("a release deploys an image", "runs start from this image")) from None
     if any(ch.isspace() for ch in spec.base_image) or not spec.base_image:
         raise ConfigError(f"ACCI_OPS_IMAGE_BASE {spec.base_image!r} is not an image reference")
     return spec

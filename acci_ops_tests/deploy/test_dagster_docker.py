@@ -4,7 +4,7 @@ file and dagster.yaml brought up on a private podman API service, runs launched 
 GraphQL API. One file: the image is built once per worker session, and both halves need it.
 
 The stack runs with host networking and Dagster's storage on the test's PostgreSQL
-(``ops_image.host_network_stack`` says why); everything else is as shipped: the code server, the
+(``acci_ops.dev.ops_stack.host_network_stack`` says why); everything else is as shipped: the code server, the
 webserver and the daemon from the acci_ops image by digest, PostgreSQL storage, DockerRunLauncher
 starting one run-worker container per run with the variables it names, run monitoring.
 """
@@ -17,92 +17,45 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import boto3
 import pytest
 
-from acci_ops.dev.podman_service import PodmanService, start_podman_service
+from acci_ops.dev.dagster_api import launch_run, run_messages, wait_for_run
+from acci_ops.dev.ops_stack import (
+    PROJECT,
+    RUN_WORKER_LABEL,
+    SERVICES,
+    OpsImageBuild,
+    Stack,
+    host_network_stack,
+    run_build,
+    start_stack,
+    stop_stack,
+)
 from acci_ops.dev.registry import LocalRegistry
-from acci_ops.lib.core.net import free_port
 from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY
-from acci_ops_tests.fixtures.dagster_api import graphql, launch_run, run_messages, wait_for_run
-from acci_ops_tests.fixtures.ops_image import SERVICES, OpsImageBuild, host_network_stack, run_build
 from acci_ops_tests.fixtures.servers import PgServer
 from acci_ops_tests.fixtures.webhook import Webhook
 
-PROJECT = "acci-ops-e2e"
-RUN_WORKER_LABEL = "io.acci.ops.role=run-worker"
 DAGSTER_DB_PASSWORD = "dagster-e2e-pw"
 
 
 @dataclass
-class Stack:
-    url: str
-    compose: list[str]
-    env: dict[str, str]
-    service: PodmanService
+class E2E:
+    stack: Stack
     webhook: Webhook
     bucket: str
     s3: object
-    image_ref: str
-    base: Path
 
-    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", *args], env=self.env, check=check, capture_output=True, text=True,
-                              timeout=120)
-
-    def up(self, *services: str) -> None:
-        subprocess.run([*self.compose, "up", "-d", "--force-recreate", *services], env=self.env, check=True,
-                       capture_output=True, text=True, timeout=600)
-
-    def wait_for_daemon(self, timeout: float = 180) -> None:
-        """A (re)created daemon has loaded the instance and polls the run queue."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            logs = self.docker("logs", f"{PROJECT}_dagster-daemon_1", check=False)
-            if "QueuedRunCoordinatorDaemon" in logs.stdout + logs.stderr:
-                return
-            time.sleep(1)
-        raise AssertionError(f"the daemon did not start polling the run queue within {timeout:g} s")
-
-    def daemon_log(self) -> str:
-        logs = self.docker("logs", "--tail", "30", f"{PROJECT}_dagster-daemon_1", check=False)
-        return (logs.stdout + logs.stderr)[-3000:]
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                data = graphql(self.url, "{ workspaceOrError { ... on Workspace { locationEntries { name "
-                                         "locationOrLoadError { __typename } } } } }", timeout=5)
-                entries = data["workspaceOrError"]["locationEntries"]
-                if entries and entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation":
-                    return
-            except (OSError, AssertionError, KeyError):
-                pass
-            time.sleep(1)
-        logs = {name: self.docker("logs", "--tail", "5", f"{PROJECT}_{name}_1", check=False).stdout[-600:]
-                for name in SERVICES}
-        raise AssertionError(f"the UI did not load acci_ops within {timeout:g} s: {logs}")
-
-
-def _docker_env(service: PodmanService, base: Path) -> dict[str, str]:
-    config = base / "docker-config"
-    config.mkdir(exist_ok=True)
-    (config / "config.json").write_text("{}")
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(base), "DOCKER_HOST": service.docker_host,
-            "DOCKER_CONFIG": str(config)}
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stack, name)
 
 
 @pytest.fixture(scope="module")
 def stack(ops_image: OpsImageBuild, registry: LocalRegistry, pg_server: PgServer, s3_server, scratch_url: str,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
     base = tmp_path_factory.mktemp("docker-stack")
-    service = start_podman_service(insecure_registries=[registry.host])
-    # The daemon runs as the image's user with the socket's group (DOCKER_SOCKET_GID), as with
-    # /var/run/docker.sock (root:docker 0660); the private service's socket is root's 0600.
-    service.socket.chmod(0o660)
     pg = pg_server.pg
     pg.psql(f"CREATE ROLE dagster_e2e LOGIN PASSWORD '{DAGSTER_DB_PASSWORD}'")
     pg.psql("CREATE DATABASE dagster_e2e OWNER dagster_e2e")
@@ -117,23 +70,13 @@ def stack(ops_image: OpsImageBuild, registry: LocalRegistry, pg_server: PgServer
         f"AWS_ENDPOINT_URL={s3_server.endpoint}", f"ACCI_BACKUP_SIGNING_KEY={TEST_SIGNING_KEY}",
         f"ACCI_SCRATCH_DATABASE_URL={scratch_url}", f"ACCI_ALERT_WEBHOOK_URL={webhook.url}",
         "AWS_ACCESS_KEY_ID=testing", "AWS_SECRET_ACCESS_KEY=testing", "AWS_DEFAULT_REGION=us-east-1", ""]))
-    port = free_port()
-    env = {**_docker_env(service, base), "ACCI_OPS_IMAGE": ops_image.image_ref, "ACCI_OPS_ENV_FILE": str(env_file),
-           "DAGSTER_POSTGRES_USER": "dagster_e2e", "DAGSTER_POSTGRES_PASSWORD": DAGSTER_DB_PASSWORD,
-           "DAGSTER_POSTGRES_DB": "dagster_e2e", "DAGSTER_POSTGRES_HOST": "127.0.0.1",
-           "DAGSTER_POSTGRES_PORT": str(pg.port), "ACCI_OPS_RUN_NETWORK": "host", "ACCI_OPS_CODE_HOST": "127.0.0.1",
-           "ACCI_OPS_CODE_PORT": str(free_port()), "DAGSTER_WEBSERVER_PORT": str(port),
-           "DOCKER_SOCKET": str(service.socket), "DOCKER_SOCKET_GID": "0"}
-    compose = ["docker-compose", "-p", PROJECT, "-f", str(host_network_stack(base))]
-    built = Stack(f"http://127.0.0.1:{port}", compose, env, service, webhook, bucket, s3, ops_image.image_ref, base)
+    running = start_stack(base, ops_image.image_ref, registry.host,
+                          dagster_pg=("127.0.0.1", pg.port, "dagster_e2e", DAGSTER_DB_PASSWORD, "dagster_e2e"),
+                          env_file=env_file)
     try:
-        built.up()
-        built.wait_ready()
-        built.wait_for_daemon()
-        yield built
+        yield E2E(running, webhook, bucket, s3)
     finally:
-        subprocess.run([*compose, "down", "-v", "--timeout", "5"], env=env, capture_output=True, timeout=300)
-        service.stop()
+        stop_stack(running)
         webhook.close()
 
 
@@ -228,6 +171,12 @@ def test_a_run_worker_killed_mid_run_is_marked_failed_by_run_monitoring_and_the_
         time.sleep(1)
     alerts = [m["text"] for m in stack.webhook.received if run_id[:8] in m.get("text", "")]
     assert alerts and "job `nightly_backup` failed" in alerts[0], stack.webhook.received
+    # The dead worker never gave back its step's slot in acci_backup_production: the daemon frees it,
+    # or every later backup of production would stay QUEUED.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and f"slots for run {run_id}" not in stack.daemon_log(tail=2000):
+        time.sleep(1)
+    assert f"Freed 1 slots for run {run_id}" in stack.daemon_log(tail=2000), stack.daemon_log()
 
 
 def test_a_variable_the_launcher_passes_but_the_daemon_lacks_fails_the_run_naming_it(stack):

@@ -40,6 +40,10 @@ def test_the_base_image_is_a_build_argument_never_a_secret(tmp_path):
     ({"ACCI_OPS_IMAGE_OFFLINE": "true"},
      "ACCI_OPS_IMAGE_OFFLINE=true needs ACCI_OPS_IMAGE_WHEELHOUSE (where the wheels are)"),
     ({"ACCI_OPS_IMAGE_BASE": "python 3.11"}, "ACCI_OPS_IMAGE_BASE 'python 3.11' is not an image reference"),
+    # The code server of a container deployment told it runs from a tag: it refuses to load.
+    ({"DAGSTER_CURRENT_IMAGE": "registry.example/acci/acci-ops:0.2.0"},
+     "DAGSTER_CURRENT_IMAGE 'registry.example/acci/acci-ops:0.2.0' is not repo@sha256:<64 lowercase hex digits>: "
+     "runs start from this image by digest, never by a tag that can move"),
     ({"ACCI_OPS_IMAGE_BUILD_NETWORK": "container:x"},
      "ACCI_IMAGE_BUILD_NETWORK 'container:x' is not a network: use none (the default: RUN steps get no network), "
      "host, or the name of a podman network"),
