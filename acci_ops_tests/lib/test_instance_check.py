@@ -17,6 +17,7 @@ from acci_ops.lib.instance.check import check_file, check_instance
 
 pytestmark = pytest.mark.unit
 
+DOCKER_DIR = Path(__file__).resolve().parents[2] / "deploy" / "dagster" / "docker"
 DIGEST = "registry.example.test/acci/acci-ops@sha256:" + "c" * 64
 GOOD = {
     "storage": {"postgres": {"postgres_db": {"username": "dagster", "password": {"env": "DAGSTER_PG_PASSWORD"},
@@ -24,7 +25,8 @@ GOOD = {
     "run_launcher": {"module": "dagster_docker", "class": "DockerRunLauncher",
                      "config": {"image": DIGEST, "network": "acci-ops",
                                 "env_vars": ["ACCI_ENVIRONMENTS_FILE", "ACCI_BACKUP_SIGNING_KEY"]}},
-    "run_monitoring": {"enabled": True, "start_timeout_seconds": 180, "max_resume_run_attempts": 0},
+    "run_monitoring": {"enabled": True, "start_timeout_seconds": 180, "max_resume_run_attempts": 0,
+                       "free_slots_after_run_end_seconds": 60},
 }
 
 
@@ -74,6 +76,12 @@ BAD = [
      "writes the value into the file and every run's spec"),
     (changed("run_monitoring.enabled", False), "run_monitoring.enabled must be true: without it a run worker that "
                                                "dies leaves its run STARTING forever and no alert fires"),
+    (changed("run_monitoring.free_slots_after_run_end_seconds", None),
+     "run_monitoring.free_slots_after_run_end_seconds must be a number of seconds (60): a run worker that dies keeps "
+     "its pool slot, and every later backup of that environment stays QUEUED"),
+    (changed("run_monitoring.free_slots_after_run_end_seconds", 0),
+     "run_monitoring.free_slots_after_run_end_seconds must be a number of seconds (60): a run worker that dies keeps "
+     "its pool slot, and every later backup of that environment stays QUEUED"),
     (changed("run_launcher", {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": {"job_image": DIGEST}}),
      "run_launcher.config.service_account_name is missing: run pods need the acci-ops-runs account "
      "(deploy/dagster/k8s/rbac.yaml)"),
@@ -113,13 +121,24 @@ def test_an_unreadable_or_broken_file_is_one_line(tmp_path):
     assert "\n" not in str(raised.value)
 
 
+def test_every_shipped_instance_frees_a_dead_runs_pool_slots():
+    """The dev instance, the Docker instance and the Kubernetes chart values all use pools of one (a backup
+    per environment, a release at a time); each frees the slot a dead run worker held, or that pool would
+    stay blocked forever."""
+    root = Path(__file__).resolve().parents[2]
+    dev = yaml.safe_load((root / "dagster.yaml").read_text())
+    docker = yaml.safe_load((DOCKER_DIR / "dagster.yaml").read_text())
+    k8s = yaml.safe_load((root / "deploy" / "dagster" / "k8s" / "values.yaml").read_text())
+    assert dev["concurrency"]["pools"]["default_limit"] == docker["concurrency"]["pools"]["default_limit"] == 1
+    assert dev["run_monitoring"]["free_slots_after_run_end_seconds"] == 60
+    assert docker["run_monitoring"]["free_slots_after_run_end_seconds"] == 60
+    assert k8s["dagsterDaemon"]["runMonitoring"]["freeSlotsAfterRunEndSeconds"] == 60
+
+
 def test_the_committed_dev_instance_is_refused_for_production():
     """The repository's dagster.yaml is the embedded dev default (SQLite, default launcher): the check says so."""
     with pytest.raises(ConfigError, match=r"dagster\.yaml: storage is missing: production needs storage\.postgres"):
         check_file(Path(__file__).resolve().parents[2] / "dagster.yaml")
-
-
-DOCKER_DIR = Path(__file__).resolve().parents[2] / "deploy" / "dagster" / "docker"
 
 
 def test_the_shipped_docker_instance_passes_ours_and_dagsters_schema(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@ Dagster validates the file itself, but only when a process starts, and its error
 and it accepts what acci_ops must not run with: SQLite storage on a shared deployment, a password
 written in the file, ``env_vars: [NAME=value]`` (a value in the file, then in every run container's
 spec), a launcher image named by a tag (a run could start another version than its code server), run
-monitoring off (a run worker that dies leaves the run STARTING forever: dagster#8312). Run it where
+monitoring off (a run worker that dies leaves the run STARTING forever: dagster#8312) or without
+freeing a dead run's pool slots (every later run of that pool stays QUEUED). Run it where
 the file is deployed, before the processes start:
 
     python -m acci_ops.lib.instance.check /opt/dagster/dagster_home/dagster.yaml [--env-file acci-ops.env]
@@ -94,6 +95,11 @@ def check_monitoring(doc: Mapping) -> None:
     if not isinstance(monitoring, Mapping) or monitoring.get("enabled") is not True:
         raise ConfigError("run_monitoring.enabled must be true: without it a run worker that dies leaves its run "
                           "STARTING forever and no alert fires")
+    free = monitoring.get("free_slots_after_run_end_seconds")
+    if not isinstance(free, int) or isinstance(free, bool) or free <= 0:
+        raise ConfigError("run_monitoring.free_slots_after_run_end_seconds must be a number of seconds (60): a run "
+                          "worker that dies keeps its pool slot, and every later backup of that environment stays "
+                          "QUEUED")
 
 
 def env_file_names(text: str) -> list[str]:
