@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 import yaml  # noqa: E402
 
-from acci_ops.dev.dagster_api import graphql, launch_run, run_event_times, wait_for_run  # noqa: E402
+from acci_ops.dev.dagster_api import graphql, launch_run, run_event_times, run_messages, wait_for_run  # noqa: E402
 from acci_ops.dev.debian_base import debian_base  # noqa: E402
 from acci_ops.dev.localpg import LocalPostgres, ensure_scratch_role, load_sample_data  # noqa: E402
 from acci_ops.dev.ops_stack import (  # noqa: E402
@@ -74,7 +74,8 @@ def measure(url: str, partitions: list[str]) -> tuple[list[float], list[float]]:
         run_id = launch_run(url, "nightly_backup", tags={"dagster/partition": partition})
         status, _ = wait_for_run(url, run_id, timeout=600)
         if status != "SUCCESS":
-            raise SystemExit(f"run {run_id} of {partition} ended {status}")
+            last = " | ".join(run_messages(url, run_id)[-4:])
+            raise SystemExit(f"run {run_id} of {partition} ended {status}: {last}")
         times = run_event_times(url, run_id)
         to_step.append(times["ExecutionStepStartEvent"] - submitted)
         to_success.append(times["RunSuccessEvent"] - submitted)
@@ -156,7 +157,9 @@ def main() -> int:
         print("default launcher:", flush=True)
         default_step, default_done = default_instance(work, pg, env, days[:args.runs])
         env_file = work / "acci-ops.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        # Every name the shipped launcher passes must be set (a missing one fails the launch by name): no
+        # alerts here, so the webhook is set empty.
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()) + "ACCI_ALERT_WEBHOOK_URL=\n")
         print("DockerRunLauncher (the Compose stack):", flush=True)
         started = time.monotonic()
         stack = start_stack(work / "stack", build.image_ref, registry.host,

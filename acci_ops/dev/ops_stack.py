@@ -217,6 +217,7 @@ def start_stack(base: Path, image_ref: str, registry_host: str, *, dagster_pg: t
     from acci_ops.dev.podman_service import start_podman_service
     from acci_ops.lib.core.net import free_port
 
+    base.mkdir(parents=True, exist_ok=True)
     service = start_podman_service(insecure_registries=[registry_host])
     # The daemon runs as the image's user with the socket's group (DOCKER_SOCKET_GID), as with
     # /var/run/docker.sock (root:docker 0660); the private service's socket is root's 0600.

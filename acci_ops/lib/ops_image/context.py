@@ -44,7 +44,8 @@ class OpsContext:
 
 
 def _helm(explicit: str | None) -> Path:
-    found = explicit or shutil.which("helm")
+    beside_python = Path(sys.executable).parent / "helm"  # where ./run install puts it, on PATH or not
+    found = explicit or shutil.which("helm") or (str(beside_python) if beside_python.is_file() else None)
     if not found or not Path(found).is_file():
         raise ConfigError("helm is not installed on the build host: the acci_ops image copies it in "
                           "(./run install puts it next to Python; or set ACCI_OPS_IMAGE_HELM)")
