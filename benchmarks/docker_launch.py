@@ -46,7 +46,6 @@ from acci_ops.dev.ops_stack import (  # noqa: E402
     DOCKER_DIR,
     dependency_wheelhouse,
     ops_environ,
-    run_build,
     snapshot_repo,
     start_stack,
     stop_stack,
@@ -55,6 +54,7 @@ from acci_ops.dev.registry import start_registry  # noqa: E402
 from acci_ops.dev.servers import start_moto  # noqa: E402
 from acci_ops.lib.core.net import free_port  # noqa: E402
 from acci_ops.lib.images.tools import ContainerTools  # noqa: E402
+from acci_ops_tests.fixtures.ops_image import run_build  # noqa: E402
 
 SIGNING_KEY = "benchmark-signing-key-0123456789abcdef"
 

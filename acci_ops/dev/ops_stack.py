@@ -20,13 +20,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import dagster as dg
 import yaml
 
 from acci_ops.dev.dagster_api import graphql
 from acci_ops.dev.podman_service import PodmanService
 from acci_ops.dev.registry import LocalRegistry
-from acci_ops.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (dev tools, not shipped use)
 
@@ -74,43 +72,11 @@ def snapshot_repo(dest: Path) -> Path:
     return dest
 
 
-@dataclass
-class OpsImageBuild:
-    result: dg.ExecuteInProcessResult
-    metadata: dict[str, object]
-    checks: dict[str, dg.AssetCheckEvaluation]
-    environ: dict[str, str]
-
-    @property
-    def image_ref(self) -> str:
-        return str(self.metadata["image_ref"])
-
-
 def ops_environ(registry: LocalRegistry, source: Path, base_ref: str, wheels: Path, storage: Path) -> dict[str, str]:
     return {"ACCI_OPS_SOURCE_REPO": str(source), "ACCI_OPS_IMAGE_REPOSITORY": registry.repository("acci/acci-ops"),
             "ACCI_REGISTRY_TLS_VERIFY": "false", "ACCI_OPS_IMAGE_BASE": base_ref,
             "ACCI_OPS_IMAGE_WHEELHOUSE": str(wheels), "ACCI_OPS_IMAGE_OFFLINE": "true",
             "ACCI_IMAGE_STORAGE_DIR": str(storage)}
-
-
-def run_build(environ: dict[str, str], **config: object) -> OpsImageBuild:
-    """build_ops_image in this process (an ephemeral instance), with ``environ`` as the only settings."""
-    from acci_ops.definitions import build_definitions  # its import builds the definitions of this environment
-
-    defs = build_definitions(load_settings(environ))
-    job = defs.resolve_job_def("build_ops_image")
-    run_config = {"ops": {"build_acci_ops_image": {"config": config}}} if config else None
-    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
-                                    run_config=run_config)
-    metadata: dict[str, object] = {}
-    checks: dict[str, dg.AssetCheckEvaluation] = {}
-    for event in result.all_events:
-        if event.event_type_value == "ASSET_MATERIALIZATION":
-            materialized = event.event_specific_data.materialization.metadata
-            metadata = {k: getattr(v, "value", v) for k, v in materialized.items()}
-        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
-            checks[event.event_specific_data.check_name] = event.event_specific_data
-    return OpsImageBuild(result, metadata, checks, environ)
 
 
 DOCKER_DIR = ROOT / "deploy" / "dagster" / "docker"

@@ -27,15 +27,14 @@ from acci_ops.dev.ops_stack import (
     PROJECT,
     RUN_WORKER_LABEL,
     SERVICES,
-    OpsImageBuild,
     Stack,
     host_network_stack,
-    run_build,
     start_stack,
     stop_stack,
 )
 from acci_ops.dev.registry import LocalRegistry
 from acci_ops_tests.fixtures.backups import TEST_SIGNING_KEY
+from acci_ops_tests.fixtures.ops_image import OpsImageBuild, run_build
 from acci_ops_tests.fixtures.servers import PgServer
 from acci_ops_tests.fixtures.webhook import Webhook
 

@@ -47,7 +47,7 @@ def crafted_backup(pg_server, bucket, marker):
     pg.psql(f"CREATE DATABASE {dbname}")
     pg.psql(
         "CREATE FUNCTION run_program(x int) RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN "
-        f"EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'touch {marker}'); RETURN true; END $f$;"
+        f"EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'cat > /dev/null; touch {marker}'); RETURN true; END $f$;"
         "CREATE TABLE innocent (x int CHECK (run_program(x))); INSERT INTO innocent VALUES (1);",
         dbname,
     )
