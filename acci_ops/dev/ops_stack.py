@@ -185,18 +185,22 @@ def start_stack(base: Path, image_ref: str, registry_host: str, *, dagster_pg: t
 
     base.mkdir(parents=True, exist_ok=True)
     service = start_podman_service(insecure_registries=[registry_host])
-    # The daemon runs as the image's user with the socket's group (DOCKER_SOCKET_GID), as with
-    # /var/run/docker.sock (root:docker 0660); the private service's socket is root's 0600.
-    service.socket.chmod(0o660)
-    host, port, user, password, database = dagster_pg
-    web_port = free_port()
-    env = {**_docker_env(service, base), "ACCI_OPS_IMAGE": image_ref, "ACCI_OPS_ENV_FILE": str(env_file),
-           "DAGSTER_POSTGRES_USER": user, "DAGSTER_POSTGRES_PASSWORD": password, "DAGSTER_POSTGRES_DB": database,
-           "DAGSTER_POSTGRES_HOST": host, "DAGSTER_POSTGRES_PORT": str(port), "ACCI_OPS_RUN_NETWORK": "host",
-           "ACCI_OPS_CODE_HOST": "127.0.0.1", "ACCI_OPS_CODE_PORT": str(free_port()),
-           "DAGSTER_WEBSERVER_PORT": str(web_port), "DOCKER_SOCKET": str(service.socket), "DOCKER_SOCKET_GID": "0"}
-    compose = ["docker-compose", "-p", PROJECT, "-f", str(host_network_stack(base))]
-    stack = Stack(f"http://127.0.0.1:{web_port}", compose, env, service, image_ref, base)
+    try:  # nothing between the service starting and the stack's own cleanup may leak the service
+        # The daemon runs as the image's user with the socket's group (DOCKER_SOCKET_GID), as with
+        # /var/run/docker.sock (root:docker 0660); the private service's socket is root's 0600.
+        service.socket.chmod(0o660)
+        host, port, user, password, database = dagster_pg
+        web_port = free_port()
+        env = {**_docker_env(service, base), "ACCI_OPS_IMAGE": image_ref, "ACCI_OPS_ENV_FILE": str(env_file),
+               "DAGSTER_POSTGRES_USER": user, "DAGSTER_POSTGRES_PASSWORD": password, "DAGSTER_POSTGRES_DB": database,
+               "DAGSTER_POSTGRES_HOST": host, "DAGSTER_POSTGRES_PORT": str(port), "ACCI_OPS_RUN_NETWORK": "host",
+               "ACCI_OPS_CODE_HOST": "127.0.0.1", "ACCI_OPS_CODE_PORT": str(free_port()),
+               "DAGSTER_WEBSERVER_PORT": str(web_port), "DOCKER_SOCKET": str(service.socket), "DOCKER_SOCKET_GID": "0"}
+        compose = ["docker-compose", "-p", PROJECT, "-f", str(host_network_stack(base))]
+        stack = Stack(f"http://127.0.0.1:{web_port}", compose, env, service, image_ref, base)
+    except BaseException:
+        service.stop()
+        raise
     try:
         stack.up()
         stack.wait_ready()

@@ -77,8 +77,9 @@ def _from_variables(environ: Mapping[str, str]) -> OpsImageSpec:
     if spec.running_image:
         try:
             parse_image_ref(spec.running_image, "DAGSTER_CURRENT_IMAGE")
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("a release deploys an image", "runs start from this image")) from None
+        except ConfigError:
+            raise ConfigError(f"DAGSTER_CURRENT_IMAGE {spec.running_image!r} is not repo@sha256:<64 lowercase hex "
+                              "digits>: runs start from this image by digest, never by a tag that can move") from None
     if any(ch.isspace() for ch in spec.base_image) or not spec.base_image:
         raise ConfigError(f"ACCI_OPS_IMAGE_BASE {spec.base_image!r} is not an image reference")
     return spec

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from acci_ops.dev.dagster_api import launch_run, run_messages, wait_for_run
+from acci_ops.dev.localpg import LocalPostgres
 from acci_ops.dev.ops_stack import (
     PROJECT,
     RUN_WORKER_LABEL,
@@ -47,7 +48,7 @@ class E2E:
     webhook: Webhook
     bucket: str
     s3: object
-    pg: object  # the test's PostgreSQL server, which holds Dagster's storage (database dagster_e2e)
+    pg: LocalPostgres  # the test's PostgreSQL server, which holds Dagster's storage (database dagster_e2e)
 
     def slot_holders(self, pool: str) -> list[str]:
         """The run ids holding a slot of ``pool`` in Dagster's storage."""
