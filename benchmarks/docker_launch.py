@@ -54,9 +54,25 @@ from acci_ops.dev.registry import start_registry  # noqa: E402
 from acci_ops.dev.servers import start_moto  # noqa: E402
 from acci_ops.lib.core.net import free_port  # noqa: E402
 from acci_ops.lib.images.tools import ContainerTools  # noqa: E402
-from acci_ops_tests.fixtures.ops_image import run_build  # noqa: E402
 
 SIGNING_KEY = "benchmark-signing-key-0123456789abcdef"
+
+
+def build_ops_image(environ: dict[str, str]) -> str:
+    """build_ops_image in this process (an ephemeral instance) with ``environ`` as the only settings: its image_ref."""
+    import dagster as dg
+
+    from acci_ops.definitions import build_definitions
+    from acci_ops.settings import load_settings
+
+    job = build_definitions(load_settings(environ)).resolve_job_def("build_ops_image")
+    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    if not result.success:
+        failures = [e.event_specific_data.error.message.strip() for e in result.all_events
+                    if e.event_type_value == "STEP_FAILURE"]
+        raise SystemExit(f"build_ops_image failed: {' | '.join(failures)}")
+    materialization = result.asset_materializations_for_node("build_acci_ops_image")[-1]
+    return str(materialization.metadata["image_ref"].value)
 
 
 def settings_env(pg: LocalPostgres, s3_endpoint: str, scratch_url: str, bucket: str) -> dict[str, str]:
@@ -149,10 +165,8 @@ def main() -> int:
         base_ref = f"{base}@{(work / 'digest').read_text().strip()}"
         source = snapshot_repo(Path(tempfile.mkdtemp(prefix="src-", dir=work)))
         started = time.monotonic()
-        build = run_build(ops_environ(registry, source, base_ref, dependency_wheelhouse(), work / "images"))
-        if not build.result.success:
-            raise SystemExit("build_ops_image failed")
-        print(f"  built {build.image_ref} in {time.monotonic() - started:.0f} s", flush=True)
+        image_ref = build_ops_image(ops_environ(registry, source, base_ref, dependency_wheelhouse(), work / "images"))
+        print(f"  built {image_ref} in {time.monotonic() - started:.0f} s", flush=True)
         days = [(date(2026, 11, 1) + timedelta(days=i)).isoformat() for i in range(2 * args.runs)]
         print("default launcher:", flush=True)
         default_step, default_done = default_instance(work, pg, env, days[:args.runs])
@@ -162,7 +176,7 @@ def main() -> int:
         env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()) + "ACCI_ALERT_WEBHOOK_URL=\n")
         print("DockerRunLauncher (the Compose stack):", flush=True)
         started = time.monotonic()
-        stack = start_stack(work / "stack", build.image_ref, registry.host,
+        stack = start_stack(work / "stack", image_ref, registry.host,
                             dagster_pg=("127.0.0.1", pg.port, "postgres", "unused", "dagster_docker"),
                             env_file=env_file)
         print(f"  stack up (image pulled, UI loaded, daemon polling) in {time.monotonic() - started:.0f} s", flush=True)
